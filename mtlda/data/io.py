@@ -1,0 +1,116 @@
+"""Image, depth and array file access with errors that name the file and the fix.
+
+Readers return numpy arrays at the file's resolution: colour images as (H, W, 3) uint8 **RGB** (OpenCV's BGR order
+is undone here and nowhere else), single-channel PNGs with their stored dtype (uint8 or uint16). Writers encode in
+memory and move a complete temporary file into place, so a crash never leaves a partial file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from io import BytesIO
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+class DatasetError(ValueError):
+    """A data set folder or file is missing, empty or unreadable; the message names it and how to fix it."""
+
+
+def require_file(path: Path, what: str) -> Path:
+    """``path`` if it is a file, else FileNotFoundError naming ``what`` (e.g. "Cityscapes disparity map")."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path} (check the data set root; scripts/check_data.py lists "
+                                "what is missing)")
+    return path
+
+
+def _decode(path: Path, flags: int, what: str) -> np.ndarray:
+    require_file(path, what)
+    data = np.fromfile(str(path), dtype=np.uint8)
+    image = cv2.imdecode(data, flags) if data.size else None
+    if image is None:
+        raise DatasetError(f"cannot decode {what} {path}: the file is empty or corrupt; re-download or regenerate it")
+    return image
+
+
+def read_rgb(path: Path, what: str = "image") -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a colour image file (PNG or JPEG)."""
+    image = _decode(path, cv2.IMREAD_COLOR, what)
+    return np.ascontiguousarray(image[..., ::-1])
+
+
+def read_png_unchanged(path: Path, what: str) -> np.ndarray:
+    """A PNG exactly as stored: (H, W) or (H, W, C) with C in RGB(A) order, dtype uint8 or uint16."""
+    image = _decode(path, cv2.IMREAD_UNCHANGED, what)
+    if image.ndim == 3:
+        image = image[..., [2, 1, 0, 3][: image.shape[2]]] if image.shape[2] in (3, 4) else image
+    return np.ascontiguousarray(image)
+
+
+def read_single_channel(path: Path, what: str, channel: int = 0) -> np.ndarray:
+    """(H, W) channel ``channel`` (in the file's RGB order) of a grey or colour PNG, stored dtype."""
+    image = read_png_unchanged(path, what)
+    return image if image.ndim == 2 else np.ascontiguousarray(image[..., channel])
+
+
+def read_npy(path: Path, what: str) -> np.ndarray:
+    """The array of a ``.npy`` file."""
+    require_file(path, what)
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise DatasetError(f"cannot read {what} {path}: {err}; re-download or regenerate it") from err
+
+
+def read_json(path: Path, what: str) -> dict:
+    require_file(path, what)
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise DatasetError(f"cannot parse {what} {path}: {err}; re-download or regenerate it") from err
+
+
+def read_text_lines(path: Path, what: str) -> list[str]:
+    """Non-empty stripped lines of a text file."""
+    require_file(path, what)
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_atomic(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_image(path: Path, image: np.ndarray) -> None:
+    """Write (H, W) or (H, W, 3) RGB uint8/uint16 ``image`` atomically; the format follows the suffix (.png, .jpg)."""
+    if image.ndim == 3:
+        image = image[..., ::-1]
+    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if path.suffix.lower() in (".jpg", ".jpeg") else []
+    ok, encoded = cv2.imencode(path.suffix, np.ascontiguousarray(image), params)
+    if not ok:
+        raise ValueError(f"cannot encode {image.shape} {image.dtype} as {path.suffix} for {path}")
+    write_atomic(path, encoded.tobytes())
+
+
+def write_npy(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` as a ``.npy`` file atomically."""
+    buffer = BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    write_atomic(path, buffer.getvalue())
+
+
+def write_json(path: Path, data: dict) -> None:
+    write_atomic(path, (json.dumps(data, indent=2) + "\n").encode())

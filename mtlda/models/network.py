@@ -1,0 +1,241 @@
+"""The multi-task network: shared encoder, one decoder per task, exchange blocks between decoder stages.
+
+``cfg.architecture``:
+
+* ``3ways``: :class:`TaskDecoder` per task. The blocks run 4..s for every task, then the exchange block of stage s
+  (``cfg.block``: mteb | padnet | none), then the remaining blocks, for each stage in ``cfg.stages`` (descending).
+  One task is the single-task baseline (no exchange block).
+* ``padnet``: the original PAD-Net: per task, two bottlenecks on the stride-16 encoder map with an initial
+  prediction (scale 4), PAD-Net distillation at 256 channels, two more bottlenecks and a final prediction
+  bilinearly upsampled to the input (scale 0).
+
+Outputs are ``dict[(task, scale), Tensor]`` of raw head outputs at stride 2**scale.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.resnet import Bottleneck
+
+from mtlda.models.decoder import NUM_BLOCKS, HeadSpec, TaskDecoder, decoder_block_strides, side_head
+from mtlda.models.encoder import ResNetEncoder
+from mtlda.models.exchange import ATTENTION_KINDS, FUSIONS, MTEB, PadNetBlock, attention_downscale
+from mtlda.schema import ModelConfig
+
+ARCHITECTURES = ("3ways", "padnet")
+BLOCKS = ("mteb", "padnet", "none")
+PADNET_CHANNELS = 256
+PADNET_SCALES = (0, 4)
+
+
+class PadNetDecoder(nn.Module):
+    """Original PAD-Net head of one task on the stride-16 encoder map.
+
+    ``blocks["4"]``: 2 bottlenecks (in -> 256, stride 16), side scale 4 (initial prediction, optional);
+    ``blocks["0"]``: 2 bottlenecks, side scale 0 bilinearly upsampled x``output_stride`` to the input size.
+    """
+
+    def __init__(self, in_channels: int, output_stride: int, head: HeadSpec) -> None:
+        super().__init__()
+        if not set(head.scales) <= set(PADNET_SCALES) or 0 not in head.scales:
+            raise ValueError(
+                f"architecture padnet predicts at scales 0 (final) and 4 (initial, optional); got scales "
+                f"{list(head.scales)}. Set the task's scales to [0, 4] or [0]."
+            )
+        if output_stride != 2 ** PADNET_SCALES[-1]:
+            raise ValueError(
+                f"architecture padnet needs the last encoder map at stride 16, got {output_stride}; use dilation "
+                f"[False, False, True]."
+            )
+        width = PADNET_CHANNELS // Bottleneck.expansion
+        shortcut = nn.Sequential(
+            nn.Conv2d(in_channels, PADNET_CHANNELS, 1, bias=False), nn.BatchNorm2d(PADNET_CHANNELS)
+        )
+        self.head = head
+        self.output_stride = output_stride
+        self.blocks = nn.ModuleDict(
+            {
+                "4": nn.Sequential(Bottleneck(in_channels, width, downsample=shortcut), Bottleneck(PADNET_CHANNELS, width)),
+                "0": nn.Sequential(Bottleneck(PADNET_CHANNELS, width), Bottleneck(PADNET_CHANNELS, width)),
+            }
+        )
+        self.sides = nn.ModuleDict({str(s): side_head(PADNET_CHANNELS, head) for s in sorted(head.scales)})
+
+    def run(
+        self, features: Sequence[Tensor], first: int, last: int, x: Tensor | None = None
+    ) -> tuple[Tensor, dict[int, Tensor]]:
+        """Blocks ``first``..``last`` (only "4" and "0" exist) -> (features (B, 256, H/16, W/16), {scale: output})."""
+        if x is None:
+            x = features[4]
+        outputs = {}
+        for name in ("4", "0"):
+            if not first >= int(name) >= last:
+                continue
+            x = self.blocks[name](x)
+            if name in self.sides:
+                prediction = self.sides[name](x)
+                if name == "0":
+                    prediction = F.interpolate(
+                        prediction, scale_factor=self.output_stride, mode="bilinear", align_corners=False
+                    )
+                outputs[int(name)] = prediction
+        return x, outputs
+
+
+class MultiTaskNet(nn.Module):
+    """Encoder + per-task decoders + exchange blocks: (B, 3, H, W) RGB in [0, 1] -> {(task, scale): raw output}.
+
+    Attributes: ``encoder``, ``decoders`` (ModuleDict by task), ``exchange`` (ModuleDict by stage as str),
+    ``tasks`` (sorted tuple), ``heads``. A decoder's body is ``decoders[task].blocks``, its heads
+    ``decoders[task].sides``.
+    """
+
+    def __init__(
+        self,
+        encoder: ResNetEncoder,
+        decoders: Mapping[str, nn.Module],
+        exchange: Mapping[int, nn.Module],
+        heads: Mapping[str, HeadSpec],
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.tasks = tuple(sorted(decoders))
+        self.heads = {task: heads[task] for task in self.tasks}
+        self.decoders = nn.ModuleDict({task: decoders[task] for task in self.tasks})
+        self.exchange = nn.ModuleDict({str(stage): exchange[stage] for stage in sorted(exchange, reverse=True)})
+        block_strides = decoder_block_strides(encoder.strides)
+        self.input_multiple = max(encoder.strides)
+        for stage, block in exchange.items():
+            self.input_multiple = math.lcm(self.input_multiple, block_strides[stage] * block.downscale)
+        self.min_input_size = max(self.input_multiple, 2 * max(encoder.strides))
+
+    def valid_input_size(self, height: int, width: int) -> None:
+        """Raise ValueError unless H and W are multiples of ``input_multiple`` and at least ``min_input_size``.
+
+        The multiple is the encoder's output stride combined with the exchange blocks' token strides; the minimum
+        keeps at least 2 pixels on the coarsest map (reflection padding).
+        """
+        m, low = self.input_multiple, self.min_input_size
+        bad = [(name, size) for name, size in (("height", height), ("width", width)) if size % m or size < low]
+        if bad:
+            hints = "; ".join(f"{name} {size} -> {_nearest_valid(size, m, low)}" for name, size in bad)
+            raise ValueError(
+                f"input size {height}x{width} is not supported: height and width must be multiples of {m} "
+                f"(encoder output stride and exchange-block pooling) and at least {low}. Nearest valid: {hints}."
+            )
+
+    def forward(self, image: Tensor) -> dict[tuple[str, int], Tensor]:
+        """(B, 3, H, W) in [0, 1] -> {(task, s): (B, out_channels, H/2**s, W/2**s)} raw head outputs."""
+        if image.dim() != 4:
+            raise ValueError(f"network expects a (B, 3, H, W) image, got shape {tuple(image.shape)}.")
+        self.valid_input_size(*image.shape[-2:])
+        features = self.encoder(image)
+        states: dict[str, Tensor | None] = {task: None for task in self.tasks}
+        predictions: dict[tuple[str, int], Tensor] = {}
+
+        def run_blocks(first: int, last: int) -> None:
+            for task in self.tasks:
+                states[task], outputs = self.decoders[task].run(features, first, last, states[task])
+                predictions.update({(task, scale): out for scale, out in outputs.items()})
+
+        first = NUM_BLOCKS - 1
+        for stage, block in self.exchange.items():
+            run_blocks(first, int(stage))
+            states.update(block(states))
+            first = int(stage) - 1
+        if first >= 0:
+            run_blocks(first, 0)
+        return predictions
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters by optimiser group: "backbone", "decoders", "exchange" (non-empty groups only)."""
+        groups = {
+            "backbone": [p for p in self.encoder.parameters() if p.requires_grad],
+            "decoders": [p for p in self.decoders.parameters() if p.requires_grad],
+            "exchange": [p for p in self.exchange.parameters() if p.requires_grad],
+        }
+        return {name: params for name, params in groups.items() if params}
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameter counts: "encoder", "decoder/<task>" per task, "exchange", "total"."""
+        counts = {"encoder": _count(self.encoder)}
+        counts.update({f"decoder/{task}": _count(self.decoders[task]) for task in self.tasks})
+        counts["exchange"] = _count(self.exchange)
+        counts["total"] = _count(self)
+        return counts
+
+
+def _nearest_valid(size: int, multiple: int, minimum: int) -> str:
+    below = max(minimum, size // multiple * multiple)
+    above = max(minimum, -(-size // multiple) * multiple)
+    return str(below) if below == above else f"{below} or {above}"
+
+
+def _count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def format_parameter_counts(counts: Mapping[str, int]) -> str:
+    """One aligned line per entry, e.g. ``encoder           11,176,512`` (counts in units, with millions)."""
+    width = max(len(name) for name in counts)
+    return "\n".join(f"{name:<{width}}  {count:>13,}  ({count / 1e6:.2f}M)" for name, count in counts.items())
+
+
+def _validate(cfg: ModelConfig, heads: Mapping[str, HeadSpec]) -> None:
+    choices = {
+        "architecture": (cfg.architecture, ARCHITECTURES),
+        "block": (cfg.block, BLOCKS),
+        "attention": (cfg.attention, ATTENTION_KINDS),
+        "fusion": (cfg.fusion, FUSIONS),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ValueError(f"model.{key}: '{value}' is unknown; choose one of {', '.join(allowed)}.")
+    if not heads:
+        raise ValueError("build_network needs at least one task head.")
+    for task, spec in heads.items():
+        if spec.out_channels < 1 or not spec.scales:
+            raise ValueError(f"head of task '{task}' needs out_channels >= 1 and at least one scale, got {spec}.")
+    if cfg.architecture == "3ways" and len(heads) > 1 and cfg.block != "none":
+        bad = [s for s in cfg.stages if s not in range(NUM_BLOCKS)]
+        if bad or len(set(cfg.stages)) != len(cfg.stages):
+            raise ValueError(f"model.stages: {cfg.stages} must be distinct decoder stages in 0..4.")
+
+
+def build_network(cfg: ModelConfig, heads: Mapping[str, HeadSpec]) -> MultiTaskNet:
+    """Build the network of ``cfg`` with one prediction head per task (``heads``: task name -> HeadSpec)."""
+    _validate(cfg, heads)
+    encoder = ResNetEncoder(cfg.backbone, cfg.pretrained, cfg.dilation)
+    tasks = sorted(heads)
+    exchange: dict[int, nn.Module] = {}
+    if cfg.architecture == "padnet":
+        decoders = {task: PadNetDecoder(encoder.num_channels[4], encoder.strides[4], heads[task]) for task in tasks}
+        if len(tasks) > 1:
+            exchange[NUM_BLOCKS - 1] = PadNetBlock(tasks, PADNET_CHANNELS)
+        return MultiTaskNet(encoder, decoders, exchange, heads)
+
+    decoders = {
+        task: TaskDecoder(encoder.num_channels, encoder.strides, heads[task], cfg.decoder_channels, cfg.aspp_rates)
+        for task in tasks
+    }
+    if len(tasks) > 1 and cfg.block != "none":
+        block_strides = decoder_block_strides(encoder.strides)
+        for stage in cfg.stages:
+            channels = cfg.decoder_channels[stage]
+            if cfg.block == "padnet":
+                exchange[stage] = PadNetBlock(tasks, channels)
+            else:
+                exchange[stage] = MTEB(
+                    tasks,
+                    channels,
+                    attention_downscale(block_strides[stage]),
+                    fusion=cfg.fusion,
+                    self_attention=cfg.self_attention,
+                    attention=cfg.attention,
+                    use_alpha=cfg.use_alpha,
+                )
+    return MultiTaskNet(encoder, decoders, exchange, heads)

@@ -1,0 +1,52 @@
+"""Optimisers with named parameter groups and their learning-rate schedules."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from mtlda.schema import OptimConfig
+
+
+def build_optimizer(groups: Mapping[str, Sequence[nn.Parameter]], cfg: OptimConfig) -> torch.optim.Optimizer:
+    """One optimiser whose parameter groups carry a ``name`` and the learning rate ``cfg.lr[name]``.
+
+    Every non-empty group needs a learning rate in ``cfg.lr``: a missing one is an error naming the group.
+    """
+    param_groups = []
+    for name, params in groups.items():
+        params = [p for p in params if p.requires_grad]
+        if not params:
+            continue
+        if name not in cfg.lr:
+            raise ValueError(
+                f"no learning rate for parameter group {name!r}: set optim.lr.{name} "
+                f"(groups with rates: {', '.join(sorted(cfg.lr))})"
+            )
+        param_groups.append({"params": params, "lr": cfg.lr[name], "name": name})
+    if not param_groups:
+        raise ValueError("nothing to optimise: every parameter group is empty or frozen")
+    if cfg.name == "adam":
+        return torch.optim.Adam(param_groups, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(param_groups, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    raise ValueError(f"optim.name must be 'adam' or 'sgd', got {cfg.name!r}")
+
+
+def lr_factor(cfg: OptimConfig, iteration: int, total: int) -> float:
+    """Multiplier of the base learning rate at ``iteration`` (0-based) of ``total``."""
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "step":
+        return cfg.gamma ** sum(iteration >= step for step in cfg.step_at)
+    if cfg.schedule == "poly":
+        return max(0.0, 1.0 - iteration / max(total, 1)) ** cfg.poly_power
+    raise ValueError(f"optim.schedule must be constant, step or poly, got {cfg.schedule!r}")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total: int) -> LambdaLR:
+    lr_factor(cfg, 0, total)
+    return LambdaLR(optimizer, lambda it: lr_factor(cfg, it, total))

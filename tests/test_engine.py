@@ -1,0 +1,176 @@
+"""The training engine: exact resume after an interruption, atomic checkpoints, DDP equivalence."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+from torch.utils.data import Dataset
+
+from mtlda.config import load_config
+from mtlda.data.sampling import infinite_batches
+from mtlda.scenarios.checkpoint import load_checkpoint, save_atomic
+from mtlda.scenarios.distributed import init_distributed
+from mtlda.scenarios.engine import Engine, OptimizerSpec, Scenario, StepOutput, TrainingError
+
+
+class NoisyPairs(Dataset):
+    """Random inputs with a random flip inside __getitem__, so augmentation randomness matters."""
+
+    def __init__(self, n: int = 24) -> None:
+        gen = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 3, 8, 8, generator=gen)
+        self.y = torch.randn(n, 1, 8, 8, generator=gen)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        x, y = self.x[i], self.y[i]
+        if torch.rand(()) < 0.5:
+            x, y = x.flip(-1), y.flip(-1)
+        return x + 0.01 * torch.randn_like(x), y
+
+
+def stack(items):
+    return torch.stack([a for a, _ in items]), torch.stack([b for _, b in items])
+
+
+class ToyScenario(Scenario):
+    def __init__(self, cfg, engine: Engine, with_noise_layers: bool = True, stop_at: int | None = None) -> None:
+        torch.manual_seed(123)
+        layers = [nn.Conv2d(3, 8, 3, padding=1)]
+        if with_noise_layers:
+            layers += [nn.BatchNorm2d(8), nn.Dropout(0.3)]
+        layers += [nn.ReLU(), nn.Conv2d(8, 1, 3, padding=1)]
+        self.model = nn.Sequential(*layers)
+        self.cfg, self.engine, self.stop_at = cfg, engine, stop_at
+        self.data = NoisyPairs()
+        self.losses: list[float] = []
+
+    def modules(self):
+        return {"model": self.model}
+
+    def optimizers(self):
+        return {"model": OptimizerSpec({"decoders": list(self.model.parameters())}, self.cfg.optim)}
+
+    def train_batches(self, start_iteration):
+        d = self.engine.dist
+        return infinite_batches(self.data, self.cfg.data.batch_size, self.cfg.seed, start_iteration, stack,
+                                rank=d.rank, world=d.world_size)
+
+    def wrap_for_distributed(self, engine):
+        self.model = nn.parallel.DistributedDataParallel(self.model)
+
+    def train_step(self, batch, engine):
+        if self.stop_at is not None and engine.iteration == self.stop_at:
+            raise KeyboardInterrupt
+        self.model.train()
+        x, y = batch
+        loss = nn.functional.mse_loss(self.model(x), y)
+        engine.backward(loss)
+        self.losses.append(loss.item())
+        return StepOutput({"mse": loss.item()}, loss.item())
+
+    def validate(self, engine):
+        return {"toy/mse": self.losses[-1] if self.losses else float("nan")}
+
+    def higher_is_better(self, metric):
+        return False
+
+
+def _cfg(tmp_path: Path, iterations: int = 10, batch_size: int = 4, **extra):
+    sets = [f"train.iterations={iterations}", "train.val_every=4", "train.checkpoint_every=3",
+            f"data.batch_size={batch_size}", "optim.schedule=poly", "optim.lr.decoders=0.05",
+            "train.selection_metric=toy/mse", f"workdir={tmp_path}", "train.image_every=0"]
+    sets += [f"{k}={v}" for k, v in extra.items()]
+    return load_config(None, sets)
+
+
+def _run(cfg, resume=False, **kw):
+    engine = Engine(cfg, Path(cfg.workdir), torch.device("cpu"), show_progress=False)
+    scenario = ToyScenario(cfg, engine, **kw)
+    try:
+        engine.fit(scenario, resume=resume)
+    finally:
+        engine.close()
+    return scenario, engine
+
+
+def test_resume_after_interrupt_reproduces_losses(tmp_path):
+    full, _ = _run(_cfg(tmp_path / "full", iterations=14))
+    with pytest.raises(KeyboardInterrupt):
+        _run(_cfg(tmp_path / "split", iterations=14), stop_at=8)
+    ckpt = load_checkpoint(tmp_path / "split" / "last.pt")
+    assert ckpt["iteration"] == 8
+    resumed, engine = _run(_cfg(tmp_path / "split", iterations=14), resume=True)
+    assert engine.iteration == 14
+    assert resumed.losses == full.losses[8:]
+    assert (tmp_path / "split" / "best.pt").is_file()
+    assert (tmp_path / "split" / "config.yaml").is_file()
+
+
+def test_schedule_and_clip_restored(tmp_path):
+    _, engine = _run(_cfg(tmp_path, iterations=6))
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["schedulers"]["model"]["last_epoch"] == 6
+    lr = engine.optimizers["model"].param_groups[0]["lr"]
+    assert lr == pytest.approx(0.05 * (1 - 6 / 6) ** 0.9)
+
+
+def test_atomic_write_keeps_old_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_atomic({"modules": {"model": {"w": torch.ones(3)}}, "iteration": 1}, path)
+
+    def broken_save(obj, handle):
+        handle.write(b"partial garbage")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        save_atomic({"modules": {}, "iteration": 2}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["iteration"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_non_finite_loss_stops_with_message(tmp_path):
+    cfg = _cfg(tmp_path, iterations=5, **{"optim.lr.decoders": 1e30, "optim.grad_clip": 0})
+    with pytest.raises(TrainingError, match="non-finite loss"):
+        _run(cfg)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, workdir: str, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    info = init_distributed("cpu")
+    cfg = _cfg(Path(workdir), iterations=1, batch_size=2, **{"optim.name": "sgd", "optim.momentum": 0.0})
+    engine = Engine(cfg, Path(workdir), torch.device("cpu"), dist=info, show_progress=False)
+    scenario = ToyScenario(cfg, engine, with_noise_layers=False)
+    engine.fit(scenario)
+    engine.close()
+    if rank == 0:
+        torch.save(scenario.model.module.state_dict(), out)
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_step_equals_single_process_on_union_batch(tmp_path):
+    port = _free_port()
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path / "ddp"), str(tmp_path / "ddp.pt")), nprocs=2)
+    cfg = _cfg(tmp_path / "single", iterations=1, batch_size=4, **{"optim.name": "sgd", "optim.momentum": 0.0})
+    single, _ = _run(cfg, with_noise_layers=False)
+    ddp = torch.load(tmp_path / "ddp.pt")
+    for key, value in single.model.state_dict().items():
+        torch.testing.assert_close(ddp[key], value, rtol=1e-5, atol=1e-6)
