@@ -252,10 +252,15 @@ def load_config(
     path: str | os.PathLike | None = None,
     overrides: typing.Sequence[str] = (),
     schema: type = ExperimentConfig,
+    stored: typing.Mapping[str, Any] | None = None,
 ) -> Any:
-    """The validated config: schema defaults <- ``path`` (with its bases) <- ``--set`` overrides."""
+    """The validated config: schema defaults <- ``stored`` (e.g. a checkpoint's config) or ``path`` (with its
+    bases) <- ``--set`` overrides."""
     sources: dict[str, str] = {}
     data = to_dict(schema())
+    if stored is not None:
+        data = deep_merge(data, dict(stored))
+        _record_sources(dict(stored), "the checkpoint's config", sources)
     if path is not None:
         data = deep_merge(data, load_yaml_with_bases(Path(path), sources))
     for assignment in overrides:

@@ -289,3 +289,13 @@ def test_warp_frame_marks_points_behind_source_and_missing_depth():
     assert not valid.any()
     _, valid_id = warp_frame(textured(), depth, torch.eye(4)[None], K)
     assert not valid_id[0, 0, 0, 0] and valid_id.sum() == H * W - 1
+
+
+def test_normals_of_noisy_depth_all_face_the_camera():
+    # Rough depth flips some raw cross products away from the camera; every returned normal must still face it.
+    K = make_K()
+    depth = torch.rand(1, 1, H, W, generator=torch.Generator().manual_seed(0)) + 1
+    normals, valid = normals_from_depth(depth, K, discontinuity_threshold=1e9)
+    facing = (normals * backproject(depth, K)).sum(1)[valid[:, 0]]
+    assert valid.sum() == (H - 2) * (W - 2) and (facing < 0).all()
+    assert torch.allclose(normals.norm(dim=1)[valid[:, 0]], torch.ones(int(valid.sum())), atol=1e-5)

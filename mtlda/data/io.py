@@ -114,3 +114,13 @@ def write_npy(path: Path, array: np.ndarray) -> None:
 
 def write_json(path: Path, data: dict) -> None:
     write_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(height, width) of a PNG from its header, without decoding the image."""
+    require_file(path, "PNG image")
+    with open(path, "rb") as f:
+        header = f.read(24)
+    if len(header) < 24 or header[:8] != b"\x89PNG\r\n\x1a\n" or header[12:16] != b"IHDR":
+        raise DatasetError(f"{path} is not a PNG file; re-download or regenerate it")
+    return int.from_bytes(header[20:24], "big"), int.from_bytes(header[16:20], "big")

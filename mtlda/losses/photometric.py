@@ -142,9 +142,27 @@ class PhotometricLoss(nn.Module):
         T_tgt_to_src; K: (B, 3, 3) intrinsics of the (H, W) crop. Returns ``(loss, diagnostics)`` with the
         scalar diagnostics "reprojection" (mean over scales of the per-pixel minimum error), "smoothness"
         (mean over scales, unweighted) and "automask_fraction" (share of pixels, over scales, where an
-        un-warped source won; 0 when auto-masking is off).
+        un-warped source won; 0 when auto-masking is off). Computed in float32, also under autocast: SSIM's
+        constants (C1 = 1e-4) are below half precision's resolution near 1.
         """
         self._check_inputs(disparities, target, sources, poses, K)
+        with torch.autocast(device_type=target.device.type, enabled=False):
+            return self._float32_loss(
+                {s: d.float() for s, d in disparities.items()},
+                target.float(),
+                {o: f.float() for o, f in sources.items()},
+                {o: T.float() for o, T in poses.items()},
+                K.float(),
+            )
+
+    def _float32_loss(
+        self,
+        disparities: Mapping[int, Tensor],
+        target: Tensor,
+        sources: Mapping[int, Tensor],
+        poses: Mapping[int, Tensor],
+        K: Tensor,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         offsets = sorted(sources)
         height, width = target.shape[-2:]
         identity_error = None
@@ -209,7 +227,9 @@ class PhotometricLoss(nn.Module):
             if poses[offset].shape != (batch, 4, 4):
                 raise ValueError(f"pose for offset {offset} must be ({batch}, 4, 4), got {tuple(poses[offset].shape)}")
         if K.shape != (batch, 3, 3):
-            raise ValueError(f"K must be ({batch}, 3, 3) intrinsics of the {height}x{width} input, got {tuple(K.shape)}")
+            raise ValueError(
+                f"K must be ({batch}, 3, 3) intrinsics of the {height}x{width} input, got {tuple(K.shape)}"
+            )
         for scale, disp in disparities.items():
             expected = (batch, 1, height // 2**scale, width // 2**scale)
             if scale < 0 or disp.shape != expected:

@@ -41,7 +41,9 @@ def _check_same_shape(pred: Tensor, target: Tensor, mask: Tensor, channels: int)
 def cross_entropy_loss(logits: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Mean cross-entropy of logits (B, C, H, W) against labels (B, H, W) int64 over non-ignored pixels."""
     if logits.ndim != 4 or labels.shape != (logits.shape[0], *logits.shape[2:]):
-        raise ValueError(f"need logits (B, C, H, W) and labels (B, H, W), got {tuple(logits.shape)}, {tuple(labels.shape)}")
+        raise ValueError(
+            f"need logits (B, C, H, W) and labels (B, H, W), got {tuple(logits.shape)}, {tuple(labels.shape)}"
+        )
     valid = labels != ignore_index
     safe_labels = torch.where(valid, labels, torch.zeros_like(labels))
     per_pixel = F.cross_entropy(logits, safe_labels, reduction="none")
@@ -105,7 +107,8 @@ def multiscale_objective(
             raise ValueError(f"no loss weight for task {task!r}; weights are given for {sorted(weights)}")
         if final_scale not in scales_of[task]:
             raise ValueError(
-                f"task {task!r} has losses at scales {sorted(scales_of[task])} but none at the final scale {final_scale}"
+                f"task {task!r} has losses at scales {sorted(scales_of[task])} "
+                f"but none at the final scale {final_scale}"
             )
         term = losses[(task, final_scale)]
         intermediate = [losses[(task, s)] for s in sorted(scales_of[task]) if s != final_scale]

@@ -52,10 +52,13 @@ def attention(query: Tensor, key: Tensor, value: Tensor, use_sdpa: bool = True) 
     """Single-head softmax(Q K^T / sqrt(d)) V: (B, Lq, d), (B, Lk, d), (B, Lk, d) -> (B, Lq, d).
 
     ``use_sdpa`` routes through ``scaled_dot_product_attention`` (fused kernels that do not keep the Lq x Lk
-    matrix where the device supports them); otherwise the explicit form.
+    matrix where the device supports them); otherwise the explicit form. Inputs go to SDPA contiguous: with a
+    non-unit stride on the last dimension the CPU dispatcher silently falls back to the math kernel, which does
+    materialise the matrix.
     """
     if use_sdpa:
-        return F.scaled_dot_product_attention(query[:, None], key[:, None], value[:, None])[:, 0]
+        q, k, v = (t[:, None].contiguous() for t in (query, key, value))
+        return F.scaled_dot_product_attention(q, k, v)[:, 0]
     return explicit_attention(query, key, value)
 
 

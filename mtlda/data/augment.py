@@ -1,0 +1,202 @@
+"""Geometry-aware joint transforms of a :class:`~mtlda.data.batch.Sample`: resize, crop, flip, zoom, colour jitter.
+
+Every transform returns a new sample in which the image, the neighbour frames, all targets, their masks and ``K``
+stay consistent (the pixel conventions of :mod:`mtlda.geometry`, ``align_corners=False``):
+
+* images and frames: bilinear (antialiased when shrinking);
+* semseg, depth, normals and masks: ``nearest-exact`` (the pixel-centre-correct nearest neighbour), so depth
+  values, normal vectors and class ids are never blended;
+* edges: max-pooled over each output pixel's footprint when shrinking (a thin edge is never lost), then
+  nearest when enlarging;
+* crops may reach outside the image (zoom-out): padding is 0 in images, depth, normals and edges,
+  ``IGNORE_INDEX`` in semseg and False in masks;
+* a horizontal flip mirrors cx and negates the x component of normals;
+* colour jitter changes the image and the frames (same factors) and nothing else.
+
+Random draws use ``generator`` (a ``torch.Generator``) or, when it is None, torch's global RNG, which the training
+loader seeds per sample (:mod:`mtlda.data.sampling`), so augmentation is reproducible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mtlda.constants import IGNORE_INDEX
+from mtlda.data.batch import Sample
+from mtlda.geometry import crop_intrinsics, flip_intrinsics, scale_intrinsics
+from mtlda.schema import DataConfig
+
+_GREY_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentation. ``crop`` (h, w) is the output size of the random crop (None: keep the size)."""
+
+    crop: tuple[int, int] | None = None
+    flip: bool = True
+    scale_range: tuple[float, float] = (1.0, 1.0)
+    color_jitter: float = 0.0
+
+    def __post_init__(self) -> None:
+        lo, hi = self.scale_range
+        if not 0 < lo <= hi:
+            raise ValueError(f"data.scale_jitter must be [min, max] with 0 < min <= max, got {list(self.scale_range)}")
+        if not 0 <= self.color_jitter < 1:
+            raise ValueError(f"data.color_jitter must lie in [0, 1), got {self.color_jitter}")
+        if self.crop is not None and (len(self.crop) != 2 or min(self.crop) < 1):
+            raise ValueError(f"data.crop must be [height, width] of positive sizes, got {list(self.crop)}")
+
+    @classmethod
+    def from_data_config(cls, cfg: DataConfig) -> "AugmentConfig":
+        if cfg.crop and len(cfg.crop) != 2:
+            raise ValueError(f"data.crop must be empty or [height, width], got {cfg.crop}")
+        if len(cfg.scale_jitter) != 2:
+            raise ValueError(f"data.scale_jitter must be [min, max], got {cfg.scale_jitter}")
+        return cls(
+            crop=(int(cfg.crop[0]), int(cfg.crop[1])) if cfg.crop else None,
+            flip=cfg.flip,
+            scale_range=(float(cfg.scale_jitter[0]), float(cfg.scale_jitter[1])),
+            color_jitter=float(cfg.color_jitter),
+        )
+
+
+def _resize_image(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """(C, H, W) float bilinear, antialiased when shrinking."""
+    shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=shrink)[0]
+
+
+def resize_nearest(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """(C, H, W) or (H, W) of any dtype, ``nearest-exact``."""
+    batched = x.reshape(1, -1, *x.shape[-2:])
+    out = F.interpolate(batched.to(torch.float32), size=size, mode="nearest-exact")
+    return out.to(x.dtype).reshape(*x.shape[:-2], *size)
+
+
+def _resize_edges(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """(1, H, W) {0, 1} edges: max over each output pixel's footprint when shrinking, nearest when enlarging."""
+    pooled = F.adaptive_max_pool2d(x[None].float(), (min(size[0], x.shape[-2]), min(size[1], x.shape[-1])))[0]
+    return resize_nearest(pooled, size).to(x.dtype)
+
+
+def _resize_target(name: str, x: Tensor, size: tuple[int, int]) -> Tensor:
+    return _resize_edges(x, size) if name == "edges" else resize_nearest(x, size)
+
+
+def resize_sample(sample: Sample, height: int, width: int) -> Sample:
+    """``sample`` resized to ``height`` x ``width`` with K scaled (depth values and normals are unchanged)."""
+    h, w = sample.image.shape[-2:]
+    if (h, w) == (height, width):
+        return sample
+    size = (height, width)
+    K = scale_intrinsics(sample.K[None], width / w, height / h)[0]
+    return Sample(
+        image=_resize_image(sample.image, size),
+        K=K,
+        targets={k: _resize_target(k, v, size) for k, v in sample.targets.items()},
+        masks={k: resize_nearest(v, size) for k, v in sample.masks.items()},
+        frames={k: _resize_image(v, size) for k, v in sample.frames.items()},
+        id=sample.id,
+    )
+
+
+def _pad_value(name: str) -> float:
+    return float(IGNORE_INDEX) if name == "semseg" else 0.0
+
+
+def _crop(x: Tensor, top: int, left: int, height: int, width: int, fill: float) -> Tensor:
+    """Window [top, top + height) x [left, left + width) of x (..., H, W); outside the image filled with ``fill``."""
+    h, w = x.shape[-2:]
+    out = torch.full((*x.shape[:-2], height, width), fill, dtype=x.dtype)
+    r0, r1 = max(top, 0), min(top + height, h)
+    c0, c1 = max(left, 0), min(left + width, w)
+    if r1 > r0 and c1 > c0:
+        out[..., r0 - top : r1 - top, c0 - left : c1 - left] = x[..., r0:r1, c0:c1]
+    return out
+
+
+def crop_sample(sample: Sample, top: int, left: int, height: int, width: int) -> Sample:
+    """The ``height`` x ``width`` window of ``sample`` whose top-left pixel is (``top``, ``left``), K shifted.
+
+    Offsets may be negative and the window may exceed the image: the outside is padded (module docstring).
+    """
+    return Sample(
+        image=_crop(sample.image, top, left, height, width, 0.0),
+        K=crop_intrinsics(sample.K[None], top, left)[0],
+        targets={k: _crop(v, top, left, height, width, _pad_value(k)) for k, v in sample.targets.items()},
+        masks={k: _crop(v, top, left, height, width, False) for k, v in sample.masks.items()},
+        frames={k: _crop(v, top, left, height, width, 0.0) for k, v in sample.frames.items()},
+        id=sample.id,
+    )
+
+
+def flip_sample(sample: Sample) -> Sample:
+    """``sample`` mirrored left-right: cx' = W - 1 - cx and the normals' x component negated."""
+    targets = {k: v.flip(-1) for k, v in sample.targets.items()}
+    if "normals" in targets:
+        targets["normals"] = targets["normals"] * torch.tensor([-1.0, 1.0, 1.0]).reshape(3, 1, 1)
+    return Sample(
+        image=sample.image.flip(-1),
+        K=flip_intrinsics(sample.K[None], sample.image.shape[-1])[0],
+        targets=targets,
+        masks={k: v.flip(-1) for k, v in sample.masks.items()},
+        frames={k: v.flip(-1) for k, v in sample.frames.items()},
+        id=sample.id,
+    )
+
+
+def _jitter_image(x: Tensor, brightness: float, contrast: float, saturation: float) -> Tensor:
+    """(3, H, W) RGB in [0, 1]: brightness (scale), contrast (towards the mean grey), saturation (towards grey)."""
+    weights = torch.tensor(_GREY_WEIGHTS, dtype=x.dtype).reshape(3, 1, 1)
+    x = (x * brightness).clamp(0, 1)
+    mean = (x * weights).sum(0).mean()
+    x = ((x - mean) * contrast + mean).clamp(0, 1)
+    grey = (x * weights).sum(0, keepdim=True)
+    return ((x - grey) * saturation + grey).clamp(0, 1)
+
+
+def jitter_colors(sample: Sample, brightness: float, contrast: float, saturation: float) -> Sample:
+    """``sample`` with the same colour jitter applied to the image and every frame; targets untouched."""
+    return replace(
+        sample,
+        image=_jitter_image(sample.image, brightness, contrast, saturation),
+        frames={k: _jitter_image(v, brightness, contrast, saturation) for k, v in sample.frames.items()},
+    )
+
+
+def _uniform(lo: float, hi: float, generator: torch.Generator | None) -> float:
+    return lo + (hi - lo) * float(torch.rand((), generator=generator))
+
+
+def _offset(size: int, out: int, generator: torch.Generator | None) -> int:
+    """Random window offset in [0, size - out] (crop) or [size - out, 0] (pad)."""
+    lo, hi = min(0, size - out), max(0, size - out)
+    return int(torch.randint(lo, hi + 1, (), generator=generator))
+
+
+def random_augment(sample: Sample, cfg: AugmentConfig, generator: torch.Generator | None = None) -> Sample:
+    """Zoom by a factor drawn from ``cfg.scale_range`` (K scaled, depth values kept), random crop (or pad) to
+    ``cfg.crop`` or back to the input size, horizontal flip with probability 0.5, colour jitter."""
+    h, w = sample.image.shape[-2:]
+    out_h, out_w = cfg.crop or (h, w)
+    lo, hi = cfg.scale_range
+    if (lo, hi) != (1.0, 1.0):
+        zoom = _uniform(lo, hi, generator)
+        sample = resize_sample(sample, max(1, round(h * zoom)), max(1, round(w * zoom)))
+    cur_h, cur_w = sample.image.shape[-2:]
+    if (cur_h, cur_w) != (out_h, out_w):
+        top, left = _offset(cur_h, out_h, generator), _offset(cur_w, out_w, generator)
+        sample = crop_sample(sample, top, left, out_h, out_w)
+    if cfg.flip and float(torch.rand((), generator=generator)) < 0.5:
+        sample = flip_sample(sample)
+    if cfg.color_jitter > 0:
+        s = cfg.color_jitter
+        factors = [_uniform(1 - s, 1 + s, generator) for _ in range(3)]
+        sample = jitter_colors(sample, *factors)
+    return sample
+

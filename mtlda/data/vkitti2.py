@@ -1,0 +1,197 @@
+"""Virtual KITTI 2 loader (https://europe.naverlabs.com/research/computer-vision/proxy-virtual-worlds-vkitti-2/).
+
+Files of frame ``<5 digits>`` of scene ``Scene<NN>`` and variation ``<var>`` (``clone`` by default; any of the
+release's variations such as ``15-deg-left``, ``fog``, ``morning``) under the root, left camera ``Camera_0``:
+
+* ``Scene<NN>/<var>/frames/rgb/Camera_0/rgb_<n>.jpg`` RGB image (1242x375);
+* ``Scene<NN>/<var>/frames/classSegmentation/Camera_0/classgt_<n>.png`` colour-coded classes (palette in
+  :data:`mtlda.data.labels.VKITTI2_CLASSES`; unknown colours are ignored);
+* ``Scene<NN>/<var>/frames/depth/Camera_0/depth_<n>.png`` uint16 depth in **centimetres**; 65535 (655.35 m, sky and
+  anything farther) is invalid, as is 0;
+* ``Scene<NN>/<var>/intrinsic.txt`` (header ``frame cameraID K[0,0] K[1,1] K[0,2] K[1,2]``) per-frame intrinsics of
+  the file resolution; without it the release's constant camera (725.0087, 725.0087, 620.5, 187.0 at 1242x375).
+
+Paths are built component by component (never by replacing "rgb" in a path string).
+Splits by scene: ``mtlda/data/splits/vkitti2_{train,val}.txt`` (see the README there), or ``all`` scenes.
+Neighbour frames (``frames``) are ``rgb_<n +- k>.jpg`` of the same scene and variation.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mtlda.data.base import (
+    DenseDataset,
+    check_same_size,
+    drop_missing_neighbours,
+    image_tensor,
+    intrinsics_matrix,
+    rescale_K,
+)
+from mtlda.data.batch import Sample
+from mtlda.data.io import DatasetError, read_png_unchanged, read_rgb, read_single_channel, read_text_lines
+from mtlda.data.labels import decode_vkitti2_colors
+
+VKITTI2_CAMERA = (725.0087, 725.0087, 620.5, 187.0, 1242, 375)
+DEPTH_INVALID = 65535
+CM_PER_M = 100.0
+CAMERA = "Camera_0"
+DOWNLOAD_HINT = ("download vkitti_2.0.3_rgb.tar, vkitti_2.0.3_depth.tar, vkitti_2.0.3_classSegmentation.tar and "
+                 "vkitti_2.0.3_textgt.tar.gz from https://europe.naverlabs.com/research/computer-vision/"
+                 "proxy-virtual-worlds-vkitti-2/ and extract them into one folder (Scene01, Scene02, ...)")
+_KINDS = {"rgb": ("rgb", "rgb", "jpg"), "labels": ("classSegmentation", "classgt", "png"),
+          "depth": ("depth", "depth", "png")}
+
+
+def split_scenes(split: str) -> list[str]:
+    """Scene names of a packaged split file (``train``, ``val``)."""
+    resource = resources.files("mtlda.data") / "splits" / f"vkitti2_{split}.txt"
+    if not resource.is_file():
+        raise DatasetError(f"Virtual KITTI 2 has no split {split!r}; choose train, val or all")
+    return [line.strip() for line in resource.read_text().splitlines() if line.strip()]
+
+
+def frame_folder(root: Path, scene: str, variation: str, kind: str) -> Path:
+    """Folder of the ``kind`` (rgb, labels, depth) files of Camera_0."""
+    return root / scene / variation / "frames" / _KINDS[kind][0] / CAMERA
+
+
+def frame_path(root: Path, scene: str, variation: str, kind: str, frame: int) -> Path:
+    _, prefix, suffix = _KINDS[kind]
+    return frame_folder(root, scene, variation, kind) / f"{prefix}_{frame:05d}.{suffix}"
+
+
+def read_intrinsics(path: Path) -> dict[int, torch.Tensor]:
+    """K (3, 3) of Camera_0 per frame number of an ``intrinsic.txt`` file."""
+    lines = read_text_lines(path, "Virtual KITTI 2 intrinsics file")
+    result: dict[int, torch.Tensor] = {}
+    for number, line in enumerate(lines[1:], start=2):
+        fields = line.split()
+        try:
+            frame, camera = int(fields[0]), int(fields[1])
+            fx, fy, cx, cy = (float(v) for v in fields[2:6])
+        except (IndexError, ValueError) as err:
+            raise DatasetError(f"{path} line {number}: expected 'frame cameraID fx fy cx cy', got {line!r}") from err
+        if camera == 0:
+            result[frame] = intrinsics_matrix(fx, fy, cx, cy)
+    return result
+
+
+def scene_intrinsics(root: Path, scene: str, variation: str) -> dict[int, torch.Tensor] | None:
+    """Per-frame Camera_0 K of ``<root>/<scene>/<variation>/intrinsic.txt``, None when the file is absent."""
+    path = root / scene / variation / "intrinsic.txt"
+    return read_intrinsics(path) if path.is_file() else None
+
+
+def frame_K(per_frame: dict[int, torch.Tensor] | None, frame: int, image_hw: tuple[int, int],
+            folder: Path) -> torch.Tensor:
+    """K (3, 3) of ``frame`` from a scene's intrinsics (None: the release's constant camera scaled to
+    ``image_hw``); ``folder`` names the scene/variation folder in errors."""
+    if per_frame is None:
+        fx, fy, cx, cy, width, height = VKITTI2_CAMERA
+        return rescale_K(intrinsics_matrix(fx, fy, cx, cy), (height, width), image_hw)
+    if frame not in per_frame:
+        raise DatasetError(f"{folder / 'intrinsic.txt'} has no Camera_0 row for frame {frame}")
+    return per_frame[frame]
+
+
+def depth_files(root: Path) -> list[Path]:
+    """Every Camera_0 depth map of every scene and variation under ``root``."""
+    return sorted(root.glob("Scene*/*/frames/depth/Camera_0/depth_*.png"))
+
+
+def depth_for_normals(root: Path, path: Path) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """(depth (H, W) metres, valid (H, W), K (3, 3)) of a depth file listed by :func:`depth_files`."""
+    scene, variation = path.relative_to(root).parts[:2]
+    depth, valid = read_depth(path)
+    frame = int(path.stem.split("_")[1])
+    K = frame_K(scene_intrinsics(root, scene, variation), frame, depth.shape, root / scene / variation)
+    return depth, valid, K
+
+
+def read_depth(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(depth (H, W) float32 metres, valid (H, W) bool) of a VKITTI2 depth PNG (65535 and 0 invalid)."""
+    raw = read_single_channel(path, "Virtual KITTI 2 depth map")
+    if raw.dtype != np.uint16:
+        raise DatasetError(f"{path} is {raw.dtype}, expected a 16-bit depth PNG in centimetres")
+    return raw.astype(np.float32) / CM_PER_M, (raw > 0) & (raw != DEPTH_INVALID)
+
+
+class VKITTI2Dataset(DenseDataset):
+    """Virtual KITTI 2 frames of the scenes of a split (``train``, ``val``, ``all``) in one ``variation``.
+
+    ``allow_missing``: skip listed scenes that are absent instead of failing (toycity copies hold only some).
+    """
+
+    name = "vkitti2"
+    has_sequences = True
+
+    def __init__(self, *args, variation: str = "clone", allow_missing: bool = False, **kwargs) -> None:
+        self.variation = variation
+        self.allow_missing = allow_missing
+        self._intrinsics: dict[str, dict[int, torch.Tensor] | None] = {}
+        super().__init__(*args, **kwargs)
+
+    def _scenes(self) -> list[str]:
+        if self.split == "all":
+            scenes = sorted(p.name for p in self.root.glob("Scene*") if (p / self.variation).is_dir())
+            if not scenes:
+                raise DatasetError(f"no Scene*/{self.variation} folder under {self.root}; {DOWNLOAD_HINT}")
+            return scenes
+        scenes = split_scenes(self.split)
+        present = [s for s in scenes if (self.root / s / self.variation).is_dir()]
+        if len(present) < len(scenes) and not self.allow_missing:
+            missing = sorted(set(scenes) - set(present))
+            raise DatasetError(f"Virtual KITTI 2 scenes {missing} of split {self.split!r} have no folder "
+                               f"{self.root}/<scene>/{self.variation}; {DOWNLOAD_HINT}")
+        return present
+
+    def _list_items(self) -> list[tuple[str, int]]:
+        items: list[tuple[str, int]] = []
+        kinds = ["rgb"] + (["labels"] if "semseg" in self.tasks else [])
+        kinds += ["depth"] if self.tasks & {"depth", "normals"} else []
+        for scene in self._scenes():
+            for kind in kinds:
+                if not frame_folder(self.root, scene, self.variation, kind).is_dir():
+                    raise DatasetError(f"Virtual KITTI 2 folder {frame_folder(self.root, scene, self.variation, kind)}"
+                                       f" is missing; {DOWNLOAD_HINT}")
+            self._intrinsics[scene] = scene_intrinsics(self.root, scene, self.variation)
+            rgb = frame_folder(self.root, scene, self.variation, "rgb")
+            items += sorted((scene, int(p.stem.split("_")[1])) for p in rgb.glob("rgb_*.jpg"))
+        if self.frames:
+            has_all = [all(frame_path(self.root, s, self.variation, "rgb", f + k).is_file() for k in self.frames)
+                       for s, f in items]
+            items = drop_missing_neighbours(self.name, items, has_all)
+        return items
+
+    def _depth_file(self, index: int) -> Path:
+        scene, frame = self.items[index]
+        return frame_path(self.root, scene, self.variation, "depth", frame)
+
+    def _load(self, index: int, with_depth: bool) -> Sample:
+        scene, frame = self.items[index]
+        path = lambda kind, f=frame: frame_path(self.root, scene, self.variation, kind, f)  # noqa: E731
+        rgb = read_rgb(path("rgb"), "Virtual KITTI 2 image")
+        hw = rgb.shape[:2]
+        K = frame_K(self._intrinsics[scene], frame, hw, self.root / scene / self.variation)
+        sample = Sample(image=image_tensor(rgb), K=K,
+                        id=f"{scene}/{self.variation}/{frame:05d}")
+        for offset in self.frames:
+            neighbour = read_rgb(path("rgb", frame + offset), "Virtual KITTI 2 neighbour frame")
+            check_same_size("Virtual KITTI 2 neighbour frame", path("rgb", frame + offset), neighbour, hw)
+            sample.frames[offset] = image_tensor(neighbour)
+        if "semseg" in self.tasks:
+            colors = read_png_unchanged(path("labels"), "Virtual KITTI 2 class map")
+            if colors.ndim != 3 or colors.shape[2] != 3 or colors.dtype != np.uint8:
+                raise DatasetError(f"{path('labels')} is not an 8-bit RGB class map ({colors.shape} {colors.dtype})")
+            check_same_size("Virtual KITTI 2 class map", path("labels"), colors, hw)
+            sample.targets["semseg"] = self.semseg_target(decode_vkitti2_colors(colors))
+        if with_depth:
+            depth, valid = read_depth(path("depth"))
+            check_same_size("Virtual KITTI 2 depth map", path("depth"), depth, hw)
+            sample.targets["depth"], sample.masks["depth"] = self.depth_target(depth, valid)
+        return sample
