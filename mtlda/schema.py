@@ -50,6 +50,7 @@ class DataConfig:
     dataset: str = "toycity"  # toycity | cityscapes | synthia | vkitti2 | nyudv2
     root: str = ""  # empty: from CITYSCAPES_DIR / SYNTHIA_DIR / VKITTI2_DIR / NYUDV2_DIR
     classes: int = 0  # class set of the loader (0: the data set's default)
+    variation: str = "clone"  # Virtual KITTI 2 variation (clone, fog, morning, 15-deg-left, ...)
     height: int = 128  # images are resized to height x width (K updated)
     width: int = 256
     crop: list[int] = field(default_factory=list)  # [h, w] random training crop; empty: none

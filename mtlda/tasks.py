@@ -15,6 +15,7 @@ from torch import Tensor
 
 from mtlda.constants import DEPTH_INV_SCALE_DEFAULT, TASK_CODES
 from mtlda.data.batch import Batch
+from mtlda.losses.photometric import disp_to_depth
 from mtlda.losses.supervised import (
     berhu_loss,
     cross_entropy_loss,
@@ -24,12 +25,15 @@ from mtlda.losses.supervised import (
 )
 from mtlda.metrics import DepthMetric, EdgesMetric, NormalsMetric, SegmentationMetric, StreamingMetric
 from mtlda.schema import DepthProtocol, TasksConfig
-from mtlda.visualise import colourise_depth, colourise_labels, grey_to_rgb, normals_to_rgb
+from mtlda.visualise import apply_lut, colourise_depth, colourise_labels, grey_to_rgb, normals_to_rgb
 
 # Smallest scaled inverse depth y accepted when decoding d = s / y (keeps d finite for y <= 0).
 MIN_INVERSE_DEPTH = 1e-6
 # Depth maps are drawn over [max_depth / DEPTH_VIS_RANGE, max_depth] of the evaluation protocol.
 DEPTH_VIS_RANGE = 100.0
+
+# Relative inverse-depth maps (scale unknown) are drawn with this quantile of each image at the top of the colour map.
+RELATIVE_VIS_QUANTILE = 0.95
 
 # The paper's task-balancing weights per task set (Sec. 4.1, "Task balancing"), keyed by sorted codes.
 _PAPER_WEIGHTS = {
@@ -249,6 +253,81 @@ class EdgesTask(Task):
 
     def visualise_target(self, batch: Batch) -> Tensor:
         return grey_to_rgb(self.target(batch).float() * self.mask(batch))
+
+
+class DisparityTask(Task):
+    """Self-supervised depth (SDE): one sigmoid disparity channel, trained by the photometric loss of the ``sde``
+    scenario (it has no supervised loss); decoded to metres by :func:`~mtlda.losses.photometric.disp_to_depth` with
+    ``min_depth``/``max_depth``; evaluated against the ground-truth ``depth`` target under ``protocol``, which must
+    use median scaling (monocular depth is known up to scale only). Not selectable through ``tasks.names``.
+    """
+
+    name = "disp"
+    code = ""
+    out_channels = 1
+    main_metric = "abs_rel"
+    higher_is_better = dict(DepthTask.higher_is_better)
+    target_name = "depth"
+
+    def __init__(self, min_depth: float = 0.1, max_depth: float = 100.0, protocol: DepthProtocol | None = None) -> None:
+        if not 0 < min_depth < max_depth:
+            raise ValueError(f"need 0 < sde.min_depth < sde.max_depth, got {min_depth} and {max_depth}")
+        self.min_depth = float(min_depth)
+        self.max_depth = float(max_depth)
+        self.protocol = protocol if protocol is not None else DepthProtocol(median_scaling=True, per_image=True)
+        if not self.protocol.median_scaling:
+            raise ValueError(
+                "self-supervised monocular depth is known up to scale only: evaluate it with "
+                "tasks.depth_protocol.median_scaling=true"
+            )
+
+    def target(self, batch: Batch) -> Tensor:
+        """(B, 1, H, W) ground-truth depth in metres (the batch's ``depth`` target)."""
+        if self.target_name not in batch.targets:
+            raise ValueError(
+                f"evaluating self-supervised depth needs the ground-truth {self.target_name!r} target in the batch "
+                f"(targets: {sorted(batch.targets)}); load the validation split with the depth task"
+            )
+        return batch.targets[self.target_name]
+
+    def mask(self, batch: Batch) -> Tensor:
+        """(B, 1, H, W) bool: the depth mask and a positive ground-truth depth."""
+        depth = self.target(batch)
+        mask = batch.masks.get(self.target_name)
+        valid = depth > 0
+        return valid if mask is None else valid & mask.bool()
+
+    def loss(self, pred_raw: Tensor, batch: Batch) -> Tensor:
+        raise ValueError(
+            "the disparity task has no supervised loss: it is trained by the photometric loss of the sde scenario "
+            "(scripts/sde.py)"
+        )
+
+    def decode(self, pred_raw: Tensor) -> Tensor:
+        """(B, 1, h, w) metres of a sigmoid disparity (B, 1, h, w), within [min_depth, max_depth]."""
+        self._check_raw(pred_raw)
+        return disp_to_depth(pred_raw, self.min_depth, self.max_depth)[1]
+
+    def new_metric(self) -> DepthMetric:
+        return DepthMetric(self.protocol, target=self.target_name)
+
+    def visualise(self, decoded: Tensor) -> Tensor:
+        """Inverse depth relative to each image's 95th percentile (the scale of the prediction is arbitrary)."""
+        return _relative_inverse_depth_rgb(decoded, decoded > 0)
+
+    def visualise_target(self, batch: Batch) -> Tensor:
+        return _relative_inverse_depth_rgb(self.target(batch), self.mask(batch))
+
+
+def _relative_inverse_depth_rgb(depth: Tensor, valid: Tensor) -> Tensor:
+    """(B, 3, H, W) magma colours of 1 / depth (B, 1, H, W) divided per image by its ``RELATIVE_VIS_QUANTILE``
+    quantile over ``valid`` pixels (near is bright); invalid pixels are black. Scale-invariant, so a prediction
+    known up to scale and its ground truth look alike."""
+    inverse = torch.where(valid, 1.0 / torch.where(valid, depth, torch.ones_like(depth)), torch.nan).float()
+    top = torch.nanquantile(inverse.flatten(1), RELATIVE_VIS_QUANTILE, dim=1)
+    top = torch.where(torch.isfinite(top) & (top > 0), top, torch.ones_like(top))
+    relative = torch.nan_to_num(inverse / top.reshape(-1, 1, 1, 1), nan=0.0)
+    return apply_lut(relative) * valid
 
 
 def build_tasks(

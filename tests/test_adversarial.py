@@ -15,7 +15,6 @@ from mtlda.losses.adversarial import (
     entropy_map,
     frozen,
     normalise_depth,
-    poly_lr,
     source_depth_range,
     unit_normals,
 )
@@ -279,16 +278,3 @@ def test_frozen_restores_requires_grad_even_on_error():
             assert not any(p.requires_grad for p in module.parameters())
             raise RuntimeError("inside")
     assert module.weight.requires_grad and not module.bias.requires_grad
-
-
-# ---------------------------------------------------------------- schedule
-
-
-def test_poly_lr():
-    assert poly_lr(1e-4, 0, 100) == pytest.approx(1e-4)
-    assert poly_lr(1e-4, 50, 100) == pytest.approx(1e-4 * 0.5**0.9)
-    assert poly_lr(1e-4, 100, 100) == 0.0
-    with pytest.raises(ValueError, match="iteration"):
-        poly_lr(1e-4, 101, 100)
-    with pytest.raises(ValueError, match="max_iterations"):
-        poly_lr(1e-4, 0, 0)

@@ -78,12 +78,6 @@ def test_dataset_info(tmp_path):
     assert dataset_info(DataConfig(dataset="nyudv2")).num_classes == 40
 
 
-def test_max_val_samples_caps_validation_only(tmp_path):
-    cfg = _cfg(tmp_path, max_val_samples=1)
-    assert len(build_dataset(cfg, "val", False, ["semseg"])) == 1
-    assert len(build_dataset(cfg, "train", True, ["semseg"])) == 2
-
-
 def test_missing_roots_name_the_variable(monkeypatch, tmp_path):
     monkeypatch.delenv("SYNTHIA_DIR", raising=False)
     with pytest.raises(DatasetError, match="export SYNTHIA_DIR="):

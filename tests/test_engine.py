@@ -174,3 +174,14 @@ def test_ddp_step_equals_single_process_on_union_batch(tmp_path):
     ddp = torch.load(tmp_path / "ddp.pt")
     for key, value in single.model.state_dict().items():
         torch.testing.assert_close(ddp[key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_poly_schedule_matches_formula(tmp_path):
+    from mtlda.scenarios.optim import lr_factor
+
+    cfg = _cfg(tmp_path).optim
+    assert lr_factor(cfg, 0, 100) == 1.0
+    assert lr_factor(cfg, 50, 100) == pytest.approx(0.5**0.9)
+    assert lr_factor(cfg, 100, 100) == 0.0
+    step = load_config(None, ["optim.schedule=step", "optim.step_at=[30, 60]"]).optim
+    assert [lr_factor(step, i, 100) for i in (29, 30, 59, 60)] == pytest.approx([1, 0.1, 0.1, 0.01])

@@ -196,6 +196,10 @@ def test_encoder_weight_errors_name_the_problem(tmp_path: Path) -> None:
     torch.save(resnet34().state_dict(), path)
     with pytest.raises(ValueError, match="not a resnet18 state dict: unexpected"):
         ResNetEncoder("resnet18", pretrained=str(path))
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="could not be read as a tensor state dict"):
+        ResNetEncoder("resnet18", pretrained=str(garbage))
     with pytest.raises(ValueError, match="backbone 'resnet19' is unknown"):
         ResNetEncoder("resnet19")
 

@@ -37,9 +37,8 @@ from mtlda.geometry import normals_from_depth, scale_intrinsics
 
 log = logging.getLogger(__name__)
 
-GT_TASKS = ("semseg", "depth", "normals", "edges")
 # Tasks a loader accepts; "disp" (self-supervised depth) needs no target.
-KNOWN_TASKS = GT_TASKS + ("disp",)
+KNOWN_TASKS = ("semseg", "depth", "normals", "edges", "disp")
 INTRINSICS_FILE = "mtlda_intrinsics.json"
 
 
@@ -152,7 +151,8 @@ def rescale_K(K: Tensor, from_size: tuple[int, int], to_size: tuple[int, int]) -
     return scale_intrinsics(K[None], to_size[1] / from_size[1], to_size[0] / from_size[0])[0]
 
 
-def fixed_intrinsics(root: Path, default: tuple[float, float, float, float, int, int]) -> tuple[Tensor, tuple[int, int]]:
+def fixed_intrinsics(root: Path, default: tuple[float, float, float, float, int, int]) -> tuple[
+        Tensor, tuple[int, int]]:
     """(K (3, 3), (h, w) it belongs to) of a data set with one published calibration.
 
     ``default`` is (fx, fy, cx, cy, width, height). A copy of the data set rendered with another camera (toycity

@@ -6,8 +6,8 @@ Roots come from ``data.root`` or the data set's environment variable (``CITYSCAP
 ``data.classes`` when set, e.g. 8 for the VKITTI2 <-> Cityscapes classes).
 
 Training sets are resized to ``data.height`` x ``data.width`` and augmented; validation sets are resized to
-``data.val_height`` x ``data.val_width`` (0: the training size; the file size evaluates at full label resolution),
-not augmented, and capped to ``data.max_val_samples`` samples (the first ones) when that is positive.
+``data.val_height`` x ``data.val_width`` (0: the training size; the file size evaluates at full label resolution)
+and not augmented.
 Neighbour frames (``data.frames``) are loaded for training sets only.
 """
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
 from mtlda.data.augment import AugmentConfig
 from mtlda.data.base import DenseDataset
@@ -106,6 +106,8 @@ def build_dataset(cfg: DataConfig, split: str, train: bool, tasks: Sequence[str]
     options: dict = {}
     if cfg.dataset == "toycity" and fmt in ("synthia", "vkitti2"):
         options["allow_missing"] = True
+    if fmt == "vkitti2":
+        options["variation"] = cfg.variation
     dataset = LOADERS[fmt](
         data_root(cfg, with_sequences=bool(frames)),
         split,
@@ -117,8 +119,6 @@ def build_dataset(cfg: DataConfig, split: str, train: bool, tasks: Sequence[str]
         depth_cap=_depth_cap(cfg, fmt),
         **options,
     )
-    if not train and cfg.max_val_samples > 0 and cfg.max_val_samples < len(dataset):
-        return Subset(dataset, range(cfg.max_val_samples))
     return dataset
 
 

@@ -17,6 +17,7 @@ Splits: ``mtlda/data/splits/synthia_{train,val}.txt`` (fixed index cut, see the 
 
 from __future__ import annotations
 
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -33,12 +34,13 @@ DOWNLOAD_HINT = ("download SYNTHIA-RAND-CITYSCAPES (CVPR16) from http://synthia-
 CM_PER_M = 100.0
 
 
-def split_names(split: str) -> list[str]:
+@lru_cache(maxsize=None)
+def split_names(split: str) -> tuple[str, ...]:
     """Sample names of a packaged split file (``train``, ``val``)."""
     resource = resources.files("mtlda.data") / "splits" / f"synthia_{split}.txt"
     if not resource.is_file():
         raise DatasetError(f"Synthia has no split {split!r}; choose train, val or all")
-    return [line.strip() for line in resource.read_text().splitlines() if line.strip()]
+    return tuple(line.strip() for line in resource.read_text().splitlines() if line.strip())
 
 
 _FOLDERS = {"rgb": ("RGB",), "labels": ("GT", "LABELS"), "depth": ("Depth", "Depth")}

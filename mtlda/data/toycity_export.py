@@ -48,6 +48,7 @@ from mtlda.data.cityscapes import neighbour_path, sample_path
 from mtlda.data.io import write_atomic, write_image, write_json, write_npy
 from mtlda.data.labels import TOYCITY_NATIVE_IDS, encode_vkitti2_colors
 from mtlda.data.toycity import CAMERA_HEIGHT, GENERATOR_VERSION, STYLES, Frame, camera_matrix, render_sample
+from mtlda.data.vkitti2 import CM_PER_M as VKITTI2_CM_PER_M
 from mtlda.data.vkitti2 import DEPTH_INVALID, frame_path, split_scenes
 from mtlda.schema import ToycityConfig
 
@@ -73,8 +74,9 @@ def cityscapes_disparity(depth: np.ndarray, valid: np.ndarray, fx: float) -> np.
 
 
 def _street_angles(cam_to_world: np.ndarray) -> dict[str, float]:
-    """Camera position and yaw (left +), pitch (down +), roll (clockwise +) in radians w.r.t. the street frame
-    (toycity world: X right, Y forward, Z up), in Cityscapes' vehicle-frame keys (x forward, y left, z up)."""
+    """Camera position (metres) and yaw, pitch, roll (radians) in Cityscapes' vehicle frame (x forward, y left,
+    z up, origin on the road below the camera; right-handed angles: yaw left +, pitch nose down +, roll right side
+    down +), from a toycity pose (world X right, Y forward, Z up)."""
     right, down, forward = cam_to_world[:3, 0], cam_to_world[:3, 1], cam_to_world[:3, 2]
     return {
         "x": 0.0,
@@ -82,7 +84,7 @@ def _street_angles(cam_to_world: np.ndarray) -> dict[str, float]:
         "z": float(cam_to_world[2, 3]),
         "yaw": float(math.atan2(-forward[0], forward[1])),
         "pitch": float(math.asin(float(np.clip(-forward[2], -1, 1)))),
-        "roll": float(math.atan2(right[2], -down[2])),
+        "roll": float(math.atan2(-right[2], -down[2])),
     }
 
 
@@ -118,7 +120,8 @@ def _write_vkitti2(root: Path, split: str, i: int, frames: dict[int, Frame]) -> 
     scene, f = _vkitti2_scene(split), frames[0]
     write_image(frame_path(root, scene, "clone", "rgb", i), f.rgb)
     write_image(frame_path(root, scene, "clone", "labels", i), encode_vkitti2_colors(_native("vkitti2", f.labels)))
-    cm = np.where(f.valid, np.clip(np.rint(f.depth * 100.0), 1, DEPTH_INVALID - 1), DEPTH_INVALID).astype(np.uint16)
+    cm = np.clip(np.rint(f.depth * VKITTI2_CM_PER_M), 1, DEPTH_INVALID - 1)
+    cm = np.where(f.valid, cm, DEPTH_INVALID).astype(np.uint16)
     write_image(frame_path(root, scene, "clone", "depth", i), cm)
 
 

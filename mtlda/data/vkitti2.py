@@ -18,6 +18,7 @@ Neighbour frames (``frames``) are ``rgb_<n +- k>.jpg`` of the same scene and var
 
 from __future__ import annotations
 
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -47,12 +48,13 @@ _KINDS = {"rgb": ("rgb", "rgb", "jpg"), "labels": ("classSegmentation", "classgt
           "depth": ("depth", "depth", "png")}
 
 
-def split_scenes(split: str) -> list[str]:
+@lru_cache(maxsize=None)
+def split_scenes(split: str) -> tuple[str, ...]:
     """Scene names of a packaged split file (``train``, ``val``)."""
     resource = resources.files("mtlda.data") / "splits" / f"vkitti2_{split}.txt"
     if not resource.is_file():
         raise DatasetError(f"Virtual KITTI 2 has no split {split!r}; choose train, val or all")
-    return [line.strip() for line in resource.read_text().splitlines() if line.strip()]
+    return tuple(line.strip() for line in resource.read_text().splitlines() if line.strip())
 
 
 def frame_folder(root: Path, scene: str, variation: str, kind: str) -> Path:

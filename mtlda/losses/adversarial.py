@@ -207,12 +207,3 @@ def discriminator_loss(
         for key in sorted(source_inputs)
     }
     return torch.stack(list(losses.values())).sum(), {key: loss.detach() for key, loss in losses.items()}
-
-
-def poly_lr(base_lr: float, iteration: int, max_iterations: int, power: float = 0.9) -> float:
-    """Polynomial decay base_lr * (1 - iteration / max_iterations) ** power, for 0 <= iteration <= max."""
-    if max_iterations <= 0:
-        raise ValueError(f"max_iterations must be positive, got {max_iterations}")
-    if not 0 <= iteration <= max_iterations:
-        raise ValueError(f"iteration must lie in [0, {max_iterations}], got {iteration}")
-    return base_lr * (1.0 - iteration / max_iterations) ** power

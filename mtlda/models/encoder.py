@@ -11,6 +11,7 @@ ResNet checkpoint loads directly.
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -80,7 +81,13 @@ def _local_state_dict(path: str) -> dict[str, Tensor]:
             f"pretrained: {path}: no such file. Give the path of a torchvision ResNet state dict (.pth), "
             f"or 'imagenet' / 'none'."
         )
-    state = torch.load(file, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        raise ValueError(
+            f"pretrained: {path} could not be read as a tensor state dict ({error}); save it with "
+            f"torch.save(model.state_dict(), path)."
+        ) from error
     if not isinstance(state, Mapping):
         raise ValueError(f"pretrained: {path} holds a {type(state).__name__}, expected a state dict (name -> tensor).")
     return dict(state)

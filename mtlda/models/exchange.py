@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 ATTENTION_TOKEN_STRIDE = 8
-ATTENTION_KINDS = ("spatial", "channel", "both", "none")
+_ATTENTION_BRANCHES = {"spatial": ("spatial",), "channel": ("channel",), "both": ("spatial", "channel"), "none": ()}
+ATTENTION_KINDS = tuple(_ATTENTION_BRANCHES)
 FUSIONS = ("add", "prod", "concat")
 
 
@@ -122,9 +123,7 @@ class XTAM(nn.Module):
         if downscale < 1:
             raise ValueError(f"xTAM downscale must be >= 1, got {downscale}.")
         self.downscale = downscale
-        self.attention_kinds = {"spatial": ("spatial",), "channel": ("channel",), "both": ("spatial", "channel")}.get(
-            attention, ()
-        )
+        self.attention_kinds = _ATTENTION_BRANCHES[attention]
         self.use_sdpa = use_sdpa
         self.extract = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True))
         self.self_attention = SelfAttentionGate(channels, channels // 2) if self_attention else None

@@ -59,7 +59,9 @@ class PadNetDecoder(nn.Module):
         self.output_stride = output_stride
         self.blocks = nn.ModuleDict(
             {
-                "4": nn.Sequential(Bottleneck(in_channels, width, downsample=shortcut), Bottleneck(PADNET_CHANNELS, width)),
+                "4": nn.Sequential(
+                    Bottleneck(in_channels, width, downsample=shortcut), Bottleneck(PADNET_CHANNELS, width)
+                ),
                 "0": nn.Sequential(Bottleneck(PADNET_CHANNELS, width), Bottleneck(PADNET_CHANNELS, width)),
             }
         )

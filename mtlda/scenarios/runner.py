@@ -26,11 +26,15 @@ DATASETS = ("toycity", "cityscapes", "synthia", "vkitti2", "nyudv2")
 ScenarioFactory = Callable[[ExperimentConfig, Engine, bool], Scenario]
 
 
-def experiment_file(scenario: str, dataset: str, codes: str, block: str) -> Path:
-    """``experiments/<scenario>/<dataset>/<codes>_<block>.yaml`` (``<code>_stl`` for one task)."""
+def experiment_stem(codes: str, block: str, suffix: str = "") -> str:
+    """``<codes>_<block><suffix>`` (``<code>_stl<suffix>`` for one task), e.g. ``sdn_mteb``, ``s_stl``."""
     codes = codes.replace(",", "").lower()
-    name = f"{codes}_stl" if len(codes) == 1 else f"{codes}_{block}"
-    path = EXPERIMENTS / scenario / dataset / f"{name}.yaml"
+    return (f"{codes}_stl" if len(codes) == 1 else f"{codes}_{block}") + suffix
+
+
+def experiment_file(scenario: str, dataset: str, stem: str) -> Path:
+    """``experiments/<scenario>/<dataset>/<stem>.yaml``, or an error listing the ones that exist."""
+    path = EXPERIMENTS / scenario / dataset / f"{stem}.yaml"
     if not path.is_file():
         folder = path.parent
         have = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
@@ -46,8 +50,8 @@ def config_from_args(args: argparse.Namespace, scenario: str, default_codes: str
     """The run's config: ``--config`` or the experiment picked by --dataset/--tasks/--block, then --set."""
     overrides = list(extra)
     if args.config is None:
-        args.config = str(experiment_file(scenario, args.dataset or "toycity", args.tasks or default_codes,
-                                          args.block or default_block))
+        stem = experiment_stem(args.tasks or default_codes, args.block or default_block)
+        args.config = str(experiment_file(scenario, args.dataset or "toycity", stem))
     else:
         if args.dataset:
             overrides.append(f"data.dataset={args.dataset}")
