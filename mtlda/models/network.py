@@ -209,7 +209,12 @@ def _validate(cfg: ModelConfig, heads: Mapping[str, HeadSpec]) -> None:
 
 
 def build_network(cfg: ModelConfig, heads: Mapping[str, HeadSpec]) -> MultiTaskNet:
-    """Build the network of ``cfg`` with one prediction head per task (``heads``: task name -> HeadSpec)."""
+    """Build the network of ``cfg`` with one prediction head per task (``heads``: task name -> HeadSpec).
+
+    The heads' scales decide the side outputs (``cfg.scales`` is for the caller that builds the heads);
+    ``architecture: padnet`` ignores ``block``/``stages``/``decoder_channels``; ``sync_bn`` is applied by the
+    training engine under DDP.
+    """
     _validate(cfg, heads)
     encoder = ResNetEncoder(cfg.backbone, cfg.pretrained, cfg.dilation)
     tasks = sorted(heads)
