@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mtlda.cli import print_config, run_main
 from mtlda.scenarios import scenario_class
-from mtlda.scenarios.runner import checkpoint_config, evaluate_checkpoint, report
+from mtlda.scenarios.runner import checkpoint_config, evaluate_and_report
 
 
 def main() -> int:
@@ -37,11 +37,7 @@ def main() -> int:
     if args.print_config:
         print_config(cfg)
         return 0
-    engine, scenario = evaluate_checkpoint(cfg, scenario_class(cfg.scenario), args.checkpoint)
-    results = scenario.evaluate_tasks(engine)
-    if engine.is_main:
-        report(cfg, scenario, results, f"{cfg.name} ({args.checkpoint})", with_baselines=False,
-               stem=f"eval-{Path(args.checkpoint).stem}")
+    evaluate_and_report(cfg, scenario_class(cfg.scenario), args.checkpoint)
     return 0
 
 

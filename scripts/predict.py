@@ -22,10 +22,10 @@ import torch.nn.functional as F
 
 from mtlda.cli import run_main
 from mtlda.data.io import read_rgb
-from mtlda.scenarios.checkpoint import load_checkpoint
-from mtlda.scenarios.common import build_model, build_task_objects, task_names
-from mtlda.scenarios.runner import checkpoint_config, set_up
 from mtlda.data.registry import dataset_info
+from mtlda.scenarios.checkpoint import load_checkpoint
+from mtlda.scenarios.common import build_model, build_task_objects
+from mtlda.scenarios.runner import checkpoint_config, set_up
 
 
 def pad_multiple(model, limit: int = 256) -> int:

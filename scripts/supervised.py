@@ -17,16 +17,13 @@ examples:
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from mtlda.cli import experiment_parser, print_config, run_main
 from mtlda.scenarios.runner import (
     add_selection_options,
     checkpoint_config,
     config_from_args,
-    evaluate_checkpoint,
-    report,
-    train,
+    evaluate_and_report,
+    train_and_report,
 )
 from mtlda.scenarios.supervised import SupervisedScenario
 
@@ -43,18 +40,9 @@ def main() -> int:
         print_config(cfg)
         return 0
     if args.evaluate:
-        engine, scenario = evaluate_checkpoint(cfg, SupervisedScenario, args.evaluate)
-        results = scenario.evaluate_tasks(engine)
-        if engine.is_main:
-            report(cfg, scenario, results, f"{cfg.name} ({args.evaluate})", with_baselines=False,
-                   stem=f"eval-{Path(args.evaluate).stem}")
-        return 0
-    engine, scenario, _ = train(cfg, SupervisedScenario, resume=args.resume)
-    results = scenario.last_results
-    if engine.is_main:
-        if len(scenario.tasks) == 1:
-            scenario.references.record(results)
-        report(cfg, scenario, results, f"{cfg.name} (final, iteration {engine.iteration})")
+        evaluate_and_report(cfg, SupervisedScenario, args.evaluate)
+    else:
+        train_and_report(cfg, SupervisedScenario, resume=args.resume)
     return 0
 
 

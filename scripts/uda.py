@@ -19,17 +19,14 @@ examples:
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from mtlda.cli import experiment_parser, print_config, resolve_config, run_main
 from mtlda.scenarios import scenario_class
 from mtlda.scenarios.runner import (
     checkpoint_config,
-    evaluate_checkpoint,
+    evaluate_and_report,
     experiment_file,
     experiment_stem,
-    report,
-    train,
+    train_and_report,
 )
 
 PAIRS = {("toycity", "toycity"): "toycity", ("synthia", "cityscapes"): "synthia2cityscapes",
@@ -62,17 +59,9 @@ def main() -> int:
         return 0
     factory = scenario_class(cfg.scenario)
     if args.evaluate:
-        engine, scenario = evaluate_checkpoint(cfg, factory, args.evaluate)
-        results = scenario.evaluate_tasks(engine)
-        if engine.is_main:
-            report(cfg, scenario, results, f"{cfg.name} ({args.evaluate})", with_baselines=False,
-                   stem=f"eval-{Path(args.evaluate).stem}")
-        return 0
-    engine, scenario, _ = train(cfg, factory, resume=args.resume)
-    if engine.is_main:
-        if len(scenario.tasks) == 1:
-            scenario.references.record(scenario.last_results)
-        report(cfg, scenario, scenario.last_results, f"{cfg.name} (final, iteration {engine.iteration}, target val)")
+        evaluate_and_report(cfg, factory, args.evaluate)
+    else:
+        train_and_report(cfg, factory, resume=args.resume, split_name="target val")
     return 0
 
 

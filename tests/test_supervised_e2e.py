@@ -137,3 +137,27 @@ def test_experiment_files_parse_and_build(tmp_path):
         tasks = build_task_objects(cfg, dataset_info(cfg.data))
         with torch.device("meta"):
             build_model(cfg, tasks, torch.device("meta"))
+
+
+def test_predict_writes_outputs_of_the_input_size(tmp_path, cache, monkeypatch, capsys):
+    import cv2
+    import runpy
+    import sys
+
+    cfg = tiny_config(tmp_path, cache, "train.iterations=1")
+    train(cfg, SupervisedScenario, resume=False)
+    image = (np.random.default_rng(0).random((77, 131, 3)) * 255).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "odd.png"), image)
+    out = tmp_path / "pred"
+    monkeypatch.setattr(sys, "argv", ["predict.py", str(tmp_path / "run" / "last.pt"), str(tmp_path / "odd.png"),
+                                      "--out", str(out)])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path("scripts/predict.py", run_name="__main__")
+    assert stop.value.code == 0, capsys.readouterr().err
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["odd_depth.npy", "odd_depth.png", "odd_normals.png", "odd_semseg.png", "odd_semseg_ids.png"]
+    for name in names:
+        path = out / name
+        array = np.load(path) if name.endswith(".npy") else cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        assert array.shape[:2] == (77, 131), name
+    assert (np.load(out / "odd_depth.npy") > 0).all()

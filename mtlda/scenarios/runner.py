@@ -99,6 +99,28 @@ def evaluate_checkpoint(cfg: ExperimentConfig, factory: ScenarioFactory, checkpo
     return engine, scenario
 
 
+def evaluate_and_report(cfg: ExperimentConfig, factory: ScenarioFactory, checkpoint: str) -> dict:
+    """``--evaluate CKPT``: metrics of the checkpoint on the validation split, printed and stored beside the run
+    as ``eval-<checkpoint name>.md/json`` (the training's own results files are left alone)."""
+    engine, scenario = evaluate_checkpoint(cfg, factory, checkpoint)
+    results = scenario.evaluate_tasks(engine)
+    if engine.is_main:
+        report(cfg, scenario, results, f"{cfg.name} ({checkpoint})", with_baselines=False,
+               stem=f"eval-{Path(checkpoint).stem}")
+    return results
+
+
+def train_and_report(cfg: ExperimentConfig, factory: ScenarioFactory, resume: bool, split_name: str = "val") -> dict:
+    """Train (or continue) a run, record a single-task run as the delta's reference, print the results table."""
+    engine, scenario, _ = train(cfg, factory, resume=resume)
+    if engine.is_main:
+        if len(scenario.tasks) == 1:
+            scenario.references.record(scenario.last_results)
+        report(cfg, scenario, scenario.last_results,
+               f"{cfg.name} (final, iteration {engine.iteration}, {split_name})")
+    return scenario.last_results
+
+
 def checkpoint_config(path: str, overrides: Sequence[str]) -> ExperimentConfig:
     """The config a checkpoint was trained with, with ``overrides`` applied."""
     return load_config(None, overrides, stored=load_checkpoint(path)["config"])
