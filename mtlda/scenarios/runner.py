@@ -161,7 +161,7 @@ def report(cfg: ExperimentConfig, scenario, results: dict[str, dict[str, float]]
         + "\n\nProtocol:\n"
         + protocol_block(protocols)
         + ("\n- Δ_MTL: paper's multi-task delta vs the single-task references above (main metric per task)"
-           if multi else "")
+           if multi and refs else "")
         + ("" if not multi or refs else "\n- Δ_MTL not shown: no single-task references recorded for this data "
            f"set in {cfg.references} (train each task alone with --tasks X to record them)")
         + "\n"
