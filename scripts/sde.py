@@ -34,7 +34,7 @@ from pathlib import Path
 from mtlda.cli import experiment_parser, print_config, resolve_config, run_main
 from mtlda.report import protocol_block, results_table
 from mtlda.scenarios.engine import Engine
-from mtlda.scenarios.runner import EXPERIMENTS, checkpoint_config, evaluate_checkpoint, report, train
+from mtlda.scenarios.runner import EXPERIMENTS, checkpoint_config, evaluate_and_report, train
 from mtlda.scenarios.sde import STAGES, SDEScenario, load_pretrained_depth
 from mtlda.schema import ExperimentConfig
 
@@ -130,11 +130,7 @@ def evaluate(args: argparse.Namespace) -> None:
     if args.print_config:
         print_config(cfg)
         return
-    engine, scenario = evaluate_checkpoint(cfg, SDEScenario, args.evaluate)
-    results = scenario.evaluate_tasks(engine)
-    if engine.is_main:
-        report(cfg, scenario, results, f"{cfg.name} ({args.evaluate})", with_baselines=False,
-               stem=f"eval-{Path(args.evaluate).stem}")
+    evaluate_and_report(cfg, SDEScenario, args.evaluate)
 
 
 def main() -> int:

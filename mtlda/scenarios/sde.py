@@ -201,6 +201,7 @@ class SDEScenario(Scenario):
             raise ValueError(f"{info.name} has no image sequences: the sde scenario needs frames -1, 0, +1 "
                              "(cityscapes, or toycity with data.toycity.format=cityscapes)")
         self.tasks = sde_tasks(cfg, info)
+        self._check_selection_metric()
         self.weights = {name: 1.0 for name in self.tasks}
         train_split = build_dataset(cfg.data, cfg.data.train_split, train=True, tasks=list(self.tasks)) if train else None
         val_split = build_dataset(cfg.data, cfg.data.val_split, train=False, tasks=self.ground_truth_tasks())
@@ -215,7 +216,6 @@ class SDEScenario(Scenario):
         self.poses: nn.Module = SequencePoses(self.pose_net)
         self.photometric = PhotometricLoss(cfg.sde.min_depth, cfg.sde.max_depth, cfg.sde.smoothness)
         self.references = ReferenceBook(cfg, info, self.tasks, context="sde")
-        self._check_selection_metric()
         if train and cfg.sde.stage == "multitask":
             load_pretrained_depth(self.model, self.pose_net, cfg.sde.init_from, engine.device)
         self._panel_batch: Batch | None = None
