@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import torchvision
 
+from mtlda.config import load_config
 from mtlda.models import XTAM, HeadSpec, build_network
 from mtlda.schema import ModelConfig
 
@@ -44,6 +45,7 @@ class NetworkCase:
     size: tuple[int, int]
     block: str = "mteb"
     quick_size: tuple[int, int] = (32, 64)
+    experiment: str = ""  # model settings from this experiment file (else the paper's defaults)
 
 
 @dataclass(frozen=True)
@@ -64,10 +66,12 @@ CASES: dict[str, NetworkCase | XTAMCase] = {
         "paper S-D-N, ResNet-101, mTEB at stage 1", "resnet101", ("semseg", "depth", "normals"), (256, 512)
     ),
     "demo_sdn_mteb": NetworkCase(
-        "demo S-D-N, ResNet-18, mTEB", "resnet18", ("semseg", "depth", "normals"), (128, 256), "mteb"
+        "demo S-D-N, ResNet-18, mTEB (the toycity demo model)", "resnet18", ("semseg", "depth", "normals"),
+        (128, 256), "mteb", experiment="experiments/supervised/toycity/sdn_mteb.yaml",
     ),
     "demo_sdn_none": NetworkCase(
-        "demo S-D-N, ResNet-18, no exchange", "resnet18", ("semseg", "depth", "normals"), (128, 256), "none"
+        "demo S-D-N, ResNet-18, no exchange", "resnet18", ("semseg", "depth", "normals"), (128, 256), "none",
+        experiment="experiments/supervised/toycity/sdn_none.yaml",
     ),
     "xtam_sdpa": XTAMCase("xTAM alone, scaled_dot_product_attention", use_sdpa=True),
     "xtam_explicit": XTAMCase("xTAM alone, explicit softmax(QK^T)V", use_sdpa=False),
@@ -146,7 +150,10 @@ def _is_oom(error: BaseException) -> bool:
 
 
 def _network_step(case: NetworkCase, size: tuple[int, int], batch: int, device: torch.device):
-    cfg = ModelConfig(backbone=case.backbone, block=case.block, stages=[1])
+    if case.experiment:
+        cfg = load_config(Path(__file__).resolve().parents[1] / case.experiment).model
+    else:
+        cfg = ModelConfig(backbone=case.backbone, block=case.block, stages=[1])
     heads = {task: HeadSpec(HEAD_CHANNELS[task], (0, 1)) for task in case.tasks}
     model = build_network(cfg, heads).to(device).train()
     image = torch.rand(batch, 3, *size, device=device)
