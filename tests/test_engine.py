@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from pathlib import Path
@@ -185,3 +186,14 @@ def test_poly_schedule_matches_formula(tmp_path):
     assert lr_factor(cfg, 100, 100) == 0.0
     step = load_config(None, ["optim.schedule=step", "optim.step_at=[30, 60]"]).optim
     assert [lr_factor(step, i, 100) for i in (29, 30, 59, 60)] == pytest.approx([1, 0.1, 0.1, 0.01])
+
+
+def test_bf16_autocast_runs_and_keeps_fp32_weights(tmp_path):
+    cfg = _cfg(tmp_path, iterations=2, **{"train.amp": "true"})
+    engine = Engine(cfg, tmp_path, torch.device("cpu"), show_progress=False)
+    assert engine.use_amp and not engine.scaler.is_enabled()  # no GradScaler for bf16 / on the CPU
+    with engine.autocast():
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+    scenario, _ = _run(cfg)
+    assert all(p.dtype == torch.float32 for p in scenario.model.parameters())
+    assert all(math.isfinite(v) for v in scenario.losses)
