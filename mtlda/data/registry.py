@@ -131,8 +131,11 @@ def dataset_info(cfg: DataConfig) -> DatasetInfo:
     fmt = _check_dataset(cfg)
     classes = class_set(fmt, _class_set_name(cfg, fmt))
     loader = LOADERS[fmt]
+    name = cfg.dataset
+    if cfg.dataset == "toycity":
+        name = f"toycity-{cfg.toycity.style}" + ("" if fmt == "cityscapes" else f"-{fmt}")
     return DatasetInfo(
-        name=cfg.dataset,
+        name=name,
         num_classes=classes.num_classes,
         class_names=classes.class_names,
         palette=classes.palette_array(),
