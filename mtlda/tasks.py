@@ -61,15 +61,20 @@ class Task(ABC):
     main_metric: str
     higher_is_better: dict[str, bool]
 
+    @property
+    def target_name(self) -> str:
+        """The batch target this task is scored against (its own name unless a subclass says otherwise)."""
+        return self.name
+
     def target(self, batch: Batch) -> Tensor:
-        if self.name not in batch.targets:
-            raise ValueError(f"the batch has no {self.name!r} target (targets: {sorted(batch.targets)})")
-        return batch.targets[self.name]
+        if self.target_name not in batch.targets:
+            raise ValueError(f"the batch has no {self.target_name!r} target (targets: {sorted(batch.targets)})")
+        return batch.targets[self.target_name]
 
     def mask(self, batch: Batch) -> Tensor:
         """(B, 1, H, W) bool validity of this task's target; all True when the batch carries no mask."""
         target = self.target(batch)
-        mask = batch.masks.get(self.name)
+        mask = batch.masks.get(self.target_name)
         if mask is None:
             return torch.ones((target.shape[0], 1, *target.shape[-2:]), dtype=torch.bool, device=target.device)
         return mask.bool()

@@ -4,7 +4,8 @@
 Images of any size are padded (reflection) to a size the network accepts and the outputs cropped back, so every
 output has the input's size. For each image IMG it writes, into --out: IMG_semseg.png (palette colours),
 IMG_semseg_ids.png (class ids), IMG_depth.png (colour map) and IMG_depth.npy (metres), IMG_normals.png
-((n+1)/2 as RGB), IMG_edges.png (probability as grey), and IMG_disp.png for self-supervised depth models.
+((n+1)/2 as RGB), IMG_edges.png (probability as grey), and IMG_disp.png (the depth of the disparity head, up to
+scale, as a colour map) for self-supervised depth models.
 
 examples:
   python scripts/predict.py runs/toycity_sdn_mteb/s0/best.pt street.png --out predictions/
@@ -26,6 +27,7 @@ from mtlda.data.registry import dataset_info
 from mtlda.scenarios.checkpoint import load_checkpoint
 from mtlda.scenarios.common import build_model, build_task_objects
 from mtlda.scenarios.runner import checkpoint_config, set_up
+from mtlda.scenarios.sde import sde_heads, sde_tasks
 
 
 def pad_multiple(model, limit: int = 256) -> int:
@@ -57,13 +59,12 @@ def main() -> int:
     cfg = checkpoint_config(args.checkpoint, [f"device={args.device}"] if args.device else [])
     _, device = set_up(cfg)
     info = dataset_info(cfg.data)
-    tasks = build_task_objects(cfg, info)
-    extra = {}
     if cfg.scenario == "sde":
-        from mtlda.scenarios.sde import disparity_head
-
-        extra = {"disp": disparity_head(cfg)}
-    model = build_model(cfg, tasks, device, extra_heads=extra)
+        tasks = sde_tasks(cfg, info)
+        model = build_model(cfg, {}, device, extra_heads=sde_heads(cfg, info.num_classes))
+    else:
+        tasks = build_task_objects(cfg, info)
+        model = build_model(cfg, tasks, device)
     model.load_state_dict(load_checkpoint(args.checkpoint, device)["modules"]["model"])
     model.eval()
     multiple = pad_multiple(model)
@@ -85,11 +86,6 @@ def main() -> int:
                 cv2.imwrite(f"{stem}_semseg_ids.png", decoded.argmax(1)[0].byte().cpu().numpy())
             if name == "depth":
                 np.save(f"{stem}_depth.npy", decoded[0, 0].cpu().numpy().astype(np.float32))
-        if ("disp", 0) in preds:
-            disp = F.interpolate(preds[("disp", 0)].float(), size=padded.shape[-2:], mode="bilinear",
-                                 align_corners=False)[..., :h, :w]
-            grey = (disp[0, 0] / disp.max().clamp_min(1e-6) * 255).byte().cpu().numpy()
-            cv2.imwrite(f"{stem}_disp.png", cv2.applyColorMap(grey, cv2.COLORMAP_MAGMA))
         print(f"{path} -> {stem}_*.png")
     return 0
 

@@ -27,14 +27,12 @@ examples:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from mtlda.cli import experiment_parser, print_config, resolve_config, run_main
-from mtlda.report import protocol_block, results_table
 from mtlda.scenarios.engine import Engine
-from mtlda.scenarios.runner import EXPERIMENTS, checkpoint_config, evaluate_and_report, train
+from mtlda.scenarios.runner import EXPERIMENTS, checkpoint_config, evaluate_and_report, report, train
 from mtlda.scenarios.sde import STAGES, SDEScenario, load_pretrained_depth
 from mtlda.schema import ExperimentConfig
 
@@ -90,36 +88,18 @@ def initial_results(cfg: ExperimentConfig, engine: Engine) -> Results:
     return scenario.evaluate_tasks(engine)
 
 
-def write_report(cfg: ExperimentConfig, scenario: SDEScenario, rows: dict[str, Results]) -> str:
-    """Print and store (``results.md``, ``results.json`` in the run folder) the table of one stage."""
-    sde = cfg.sde
-    text = (
-        f"## {cfg.name} (sde {sde.stage}): {scenario.references.dataset}, validation split '{cfg.data.val_split}'\n\n"
-        + results_table(rows, list(scenario.tasks))
-        + "\n\nProtocol:\n"
-        + protocol_block(scenario.references.protocol)
-        + f"\n- disp: depth = 1 / (1/{sde.max_depth:g} + (1/{sde.min_depth:g} - 1/{sde.max_depth:g}) * disparity) of "
-          "the scale-0 sigmoid disparity, scored by the depth protocol above; the trivial depth predictions "
-          "(mean training depth, global or per pixel) are median-scaled the same way\n"
-    )
-    workdir = Path(cfg.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "results.md").write_text(text)
-    payload = {"name": cfg.name, "seed": cfg.seed, "stage": sde.stage, "dataset": scenario.references.dataset,
-               "rows": rows, "protocol": scenario.references.protocol}
-    (workdir / "results.json").write_text(json.dumps(payload, indent=2))
-    print(text)
-    return text
-
-
 def run_stage(cfg: ExperimentConfig, resume: bool) -> None:
+    """Train one stage and print its table: trivial baselines, the model at initialisation, the final model."""
     engine, scenario, _ = train(cfg, SDEScenario, resume=resume)
     initial = initial_results(cfg, engine)
     if engine.is_main:
-        rows = scenario.baseline_rows()
-        rows["at initialisation" + (" (from the pretrain checkpoint)" if cfg.sde.stage == "multitask" else "")] = initial
-        rows[f"{cfg.name} (final, iteration {engine.iteration})"] = scenario.last_results
-        write_report(cfg, scenario, rows)
+        sde = cfg.sde
+        start = "at initialisation" + (" (from the pretrain checkpoint)" if sde.stage == "multitask" else "")
+        note = (f"disp: depth = 1 / (1/{sde.max_depth:g} + (1/{sde.min_depth:g} - 1/{sde.max_depth:g}) * disparity) "
+                "of the scale-0 sigmoid disparity, scored by the depth protocol above; the trivial depth predictions "
+                "(mean training depth, global or per pixel) are median-scaled the same way")
+        report(cfg, scenario, scenario.last_results, f"{cfg.name} (sde {sde.stage}, final, iteration {engine.iteration})",
+               extra_rows={start: initial}, notes=[note])
 
 
 def evaluate(args: argparse.Namespace) -> None:

@@ -19,7 +19,7 @@ from mtlda.models.network import build_network
 from mtlda.scenarios.checkpoint import CheckpointError, load_checkpoint
 from mtlda.scenarios.common import build_model, build_task_objects, input_size
 from mtlda.scenarios.engine import Engine
-from mtlda.scenarios.runner import evaluate_checkpoint, report, train
+from mtlda.scenarios.runner import baseline_rows, evaluate_checkpoint, report, train
 from mtlda.scenarios.sde import (
     SDEScenario,
     build_pose_net,
@@ -36,13 +36,22 @@ SDE_EXPERIMENTS = ROOT / "experiments" / "sde"
 PRETRAIN_STEPS = 40
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Training here runs with ``train.threads=1`` (two threads on two shared cores are several times slower);
+    the thread count of the test session is restored afterwards."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny(tmp: Path, workdir: Path, *extra: str) -> list[str]:
-    """Overrides for 32x64 toycity with 8 training and 4 validation scenes, cached under ``tmp``."""
+    """Overrides for 32x64 toycity with 8 training and 4 validation scenes, cached under ``tmp``, one thread."""
     return [
         "data.height=32", "data.width=64", "data.toycity.height=32", "data.toycity.width=64",
         "data.toycity.num_train=8", "data.toycity.num_val=4", f"data.toycity.cache_dir={tmp / 'cache'}",
         f"references={tmp / 'references.yaml'}", f"workdir={workdir}", "device=cpu",
-        "train.checkpoint_every=0", "train.image_every=0", "optim.schedule=constant", *extra,
+        "train.checkpoint_every=0", "train.image_every=0", "train.threads=1", "optim.schedule=constant", *extra,
     ]
 
 
@@ -160,7 +169,9 @@ def test_evaluation_report_and_prediction_model(multitask_run):
     text = report(cfg, evaluated, results, "evaluated", with_baselines=False, stem="eval-last")
     assert "disp AbsRel" in text and "semseg mIoU" in text and "median scaling per image" in text
     assert (Path(cfg.workdir) / "eval-last.md").is_file()
-    baselines = evaluated.baseline_rows()
+    panel = evaluated.image_panels(engine)["val/predictions"]
+    assert panel.shape[0] == 3 and 0 <= panel.min() and panel.max() <= 1
+    baselines = baseline_rows(cfg, evaluated)
     assert set(baselines) == {"trivial: global", "trivial: pixel prior"}
     assert set(baselines["trivial: pixel prior"]) == {"disp", "semseg"}
     # scripts/predict.py rebuilds the network from the config with the disparity head

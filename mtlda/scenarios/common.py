@@ -62,6 +62,11 @@ class DataSplits:
     val: Dataset
 
 
+def loader_tasks(tasks: Mapping[str, Task]) -> list[str]:
+    """The targets a data set must provide to score ``tasks`` (e.g. ground-truth depth for ``disp``)."""
+    return sorted({task.target_name for task in tasks.values()})
+
+
 def build_splits(data: DataConfig, names: Sequence[str], train_split: bool = True) -> DataSplits:
     info = dataset_info(data)
     train = build_dataset(data, data.train_split, train=True, tasks=names) if train_split else None
@@ -116,7 +121,7 @@ def evaluate(engine: Engine, model: nn.Module, tasks: Mapping[str, Task], loader
         with engine.autocast():
             preds = model(batch.image)
         for name, task in tasks.items():
-            target_size = tuple(batch.targets[name].shape[-2:])
+            target_size = tuple(task.target(batch).shape[-2:])
             metrics[name].update(task.decode(upsample_to(preds[(name, scale)].float(), target_size)), batch)
     results = {}
     for name, metric in metrics.items():

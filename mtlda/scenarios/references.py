@@ -27,6 +27,11 @@ class ReferenceBook:
         self.protocol = metric_protocols(self.tasks)
         self.source = f"{cfg.name} (seed {cfg.seed})"
 
+    @property
+    def multitask(self) -> bool:
+        """Whether a multi-task delta applies: two or more supervised-style tasks (each with a task code)."""
+        return len(self.tasks) > 1 and all(task.code for task in self.tasks.values())
+
     def references(self) -> dict[str, dict[str, float]]:
         """task -> metric -> reference value for the tasks that have one (empty without a file)."""
         if not self.path.is_file():
@@ -35,7 +40,7 @@ class ReferenceBook:
 
     def delta(self, results: Mapping[str, Mapping[str, float]]) -> float | None:
         """The paper's multi-task delta (%), or None for one task or when a reference is missing."""
-        if len(self.tasks) < 2:
+        if not self.multitask:
             return None
         refs = self.references()
         if any(name not in refs for name in self.tasks):

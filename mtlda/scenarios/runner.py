@@ -16,7 +16,7 @@ from mtlda.config import load_config
 from mtlda.data.registry import build_dataset
 from mtlda.report import protocol_block, results_table
 from mtlda.scenarios.checkpoint import load_checkpoint
-from mtlda.scenarios.common import describe_model
+from mtlda.scenarios.common import describe_model, loader_tasks
 from mtlda.scenarios.distributed import DistInfo, init_distributed, resolve_device
 from mtlda.scenarios.engine import Engine, Scenario
 from mtlda.schema import ExperimentConfig
@@ -114,7 +114,7 @@ def train_and_report(cfg: ExperimentConfig, factory: ScenarioFactory, resume: bo
     """Train (or continue) a run, record a single-task run as the delta's reference, print the results table."""
     engine, scenario, _ = train(cfg, factory, resume=resume)
     if engine.is_main:
-        if len(scenario.tasks) == 1:
+        if len(scenario.tasks) == 1 and next(iter(scenario.tasks.values())).code:
             scenario.references.record(scenario.last_results)
         report(cfg, scenario, scenario.last_results,
                f"{cfg.name} (final, iteration {engine.iteration}, {split_name})")
@@ -132,23 +132,25 @@ def _model_of(scenario: Scenario) -> torch.nn.Module:
 
 def baseline_rows(cfg: ExperimentConfig, scenario) -> dict[str, dict]:
     """Metrics of the trivial baselines (global constants, per-pixel prior) on the validation split."""
-    names = list(scenario.tasks)
-    plain = build_dataset(cfg.data, cfg.data.train_split, train=False, tasks=names)
+    plain = build_dataset(cfg.data, cfg.data.train_split, train=False, tasks=loader_tasks(scenario.tasks))
     priors = fit_priors(plain, scenario.tasks, scenario.splits.info.num_classes)
     results = evaluate_priors(priors, scenario.tasks, scenario.splits.val)
     return {f"trivial: {kind}": res for kind, res in results.items()}
 
 
 def report(cfg: ExperimentConfig, scenario, results: dict[str, dict[str, float]], title: str,
-           with_baselines: bool = True, stem: str = "results") -> str:
-    """Print and store (``<stem>.md`` and ``<stem>.json`` in the run folder) the results table of a run."""
+           with_baselines: bool = True, stem: str = "results", extra_rows: dict[str, dict] | None = None,
+           notes: Sequence[str] = ()) -> str:
+    """Print and store (``<stem>.md`` and ``<stem>.json`` in the run folder) the results table of a run:
+    trivial baselines, single-task references (multi-task runs), ``extra_rows``, then ``results``."""
     rows: dict[str, dict] = {}
     if with_baselines:
         rows.update(baseline_rows(cfg, scenario))
-    refs = scenario.references.references()
-    multi = len(scenario.tasks) > 1
-    if multi and refs:
+    multi = scenario.references.multitask
+    refs = scenario.references.references() if multi else {}
+    if refs:
         rows["single-task references"] = refs
+    rows.update(extra_rows or {})
     rows[title] = results
     deltas = {title: scenario.references.delta(results)} if multi else None
     if deltas is not None and all(t in refs for t in scenario.tasks):
@@ -164,6 +166,7 @@ def report(cfg: ExperimentConfig, scenario, results: dict[str, dict[str, float]]
            if multi and refs else "")
         + ("" if not multi or refs else "\n- Δ_MTL not shown: no single-task references recorded for this data "
            f"set in {cfg.references} (train each task alone with --tasks X to record them)")
+        + "".join(f"\n- {note}" for note in notes)
         + "\n"
     )
     workdir = Path(cfg.workdir)
@@ -171,7 +174,7 @@ def report(cfg: ExperimentConfig, scenario, results: dict[str, dict[str, float]]
     (workdir / f"{stem}.md").write_text(text)
     payload = {"name": cfg.name, "seed": cfg.seed, "dataset": scenario.references.dataset, "results": results,
                "delta": deltas.get(title) if deltas else None, "protocol": protocols,
-               "baselines": {k: v for k, v in rows.items() if k.startswith("trivial")}}
+               "other_rows": {k: v for k, v in rows.items() if k != title}}
     (workdir / f"{stem}.json").write_text(json.dumps(payload, indent=2))
     print(text)
     return text

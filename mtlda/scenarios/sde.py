@@ -25,9 +25,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
-from mtlda.baselines import evaluate_priors, fit_priors
 from mtlda.data.batch import Batch, collate
 from mtlda.data.registry import DatasetInfo, build_dataset, dataset_info
 from mtlda.losses.photometric import PhotometricLoss
@@ -38,17 +36,18 @@ from mtlda.scenarios.checkpoint import CheckpointError, load_checkpoint
 from mtlda.scenarios.common import (
     DataSplits,
     build_model,
+    evaluate,
     flatten_metrics,
+    loader_tasks,
     prediction_panel,
     supervised_loss,
     training_batches,
-    upsample_to,
     validation_loader,
 )
 from mtlda.scenarios.engine import Engine, OptimizerSpec, Scenario, StepOutput
 from mtlda.scenarios.references import ReferenceBook
 from mtlda.schema import ExperimentConfig
-from mtlda.tasks import DepthTask, DisparityTask, SemsegTask, Task
+from mtlda.tasks import DisparityTask, SemsegTask, Task
 
 STAGES = ("pretrain", "multitask")
 DISP = DisparityTask.name
@@ -170,26 +169,6 @@ def load_pretrained_depth(model: MultiTaskNet, pose_net: PoseNet, path: str | Pa
     return copied
 
 
-@torch.no_grad()
-def evaluate_sde(engine: Engine, model: nn.Module, tasks: Mapping[str, Task], loader: DataLoader) -> dict[
-        str, dict[str, float]]:
-    """Streaming metrics of the scale-0 predictions at the input resolution, reduced over ranks."""
-    model.eval()
-    metrics = {name: task.new_metric() for name, task in tasks.items()}
-    for batch in loader:
-        batch = batch.to(engine.device)
-        with engine.autocast():
-            preds = model(batch.image)
-        size = tuple(batch.image.shape[-2:])
-        for name, task in tasks.items():
-            metrics[name].update(task.decode(upsample_to(preds[(name, 0)].float(), size)), batch)
-    results = {}
-    for name, metric in metrics.items():
-        metric.all_reduce()
-        results[name] = metric.compute()
-    return results
-
-
 class SDEScenario(Scenario):
     """The ``sde`` scenario; see the module docstring. ``train=False`` builds the validation split only."""
 
@@ -203,8 +182,10 @@ class SDEScenario(Scenario):
         self.tasks = sde_tasks(cfg, info)
         self._check_selection_metric()
         self.weights = {name: 1.0 for name in self.tasks}
-        train_split = build_dataset(cfg.data, cfg.data.train_split, train=True, tasks=list(self.tasks)) if train else None
-        val_split = build_dataset(cfg.data, cfg.data.val_split, train=False, tasks=self.ground_truth_tasks())
+        train_split = None
+        if train:
+            train_split = build_dataset(cfg.data, cfg.data.train_split, train=True, tasks=list(self.tasks))
+        val_split = build_dataset(cfg.data, cfg.data.val_split, train=False, tasks=loader_tasks(self.tasks))
         self.splits = DataSplits(info, train_split, val_split)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
@@ -220,10 +201,6 @@ class SDEScenario(Scenario):
             load_pretrained_depth(self.model, self.pose_net, cfg.sde.init_from, engine.device)
         self._panel_batch: Batch | None = None
         self.last_results: dict[str, dict[str, float]] = {}
-
-    def ground_truth_tasks(self) -> list[str]:
-        """Loader tasks of the validation split: the targets the metrics compare with."""
-        return sorted(task.target_name if isinstance(task, DisparityTask) else name for name, task in self.tasks.items())
 
     def _check_selection_metric(self) -> None:
         key = self.cfg.train.selection_metric
@@ -257,7 +234,7 @@ class SDEScenario(Scenario):
         self.poses.train()
         with engine.autocast():
             preds = self.model(batch.image)
-        poses = self.poses(batch.image, batch.frames)  # float32: rotations are composed from small angles
+        poses = self.poses(batch.image, batch.frames)  # outside autocast: poses are composed in float32
         disparities = {s: preds[(DISP, s)] for s in sorted(self.cfg.sde.disp_scales)}
         photometric, diagnostics = self.photometric(disparities, batch.image, batch.frames, poses, batch.K)
         total = self.weights[DISP] * photometric
@@ -275,7 +252,7 @@ class SDEScenario(Scenario):
 
     def evaluate_tasks(self, engine: Engine) -> dict[str, dict[str, float]]:
         loader = validation_loader(engine, self.splits.val, self.cfg.data)
-        return evaluate_sde(engine, self.model, self.tasks, loader)
+        return evaluate(engine, self.model, self.tasks, loader)
 
     def validate(self, engine: Engine) -> dict[str, float]:
         self.last_results = self.evaluate_tasks(engine)
@@ -289,24 +266,6 @@ class SDEScenario(Scenario):
         if self._panel_batch is None:
             self._panel_batch = collate([self.splits.val[i] for i in range(min(4, len(self.splits.val)))])
         return {"val/predictions": prediction_panel(self.model, self.tasks, self._panel_batch, engine)}
-
-    def baseline_rows(self) -> dict[str, dict[str, dict[str, float]]]:
-        """Trivial baselines (global constants, per-pixel prior of the training split) under this run's metrics.
-
-        The depth prior is the mean training depth (globally or per pixel), median-scaled like the predictions.
-        """
-        ground_truth: dict[str, Task] = {}
-        for name, task in self.tasks.items():
-            if isinstance(task, DisparityTask):
-                ground_truth[task.target_name] = DepthTask(protocol=task.protocol)
-            else:
-                ground_truth[name] = task
-        plain = build_dataset(self.cfg.data, self.cfg.data.train_split, train=False, tasks=sorted(ground_truth))
-        priors = fit_priors(plain, ground_truth, self.splits.info.num_classes)
-        results = evaluate_priors(priors, ground_truth, self.splits.val)
-        renamed = {task.target_name: name for name, task in self.tasks.items() if isinstance(task, DisparityTask)}
-        return {f"trivial: {kind}": {renamed.get(t, t): metrics for t, metrics in per_task.items()}
-                for kind, per_task in results.items()}
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
