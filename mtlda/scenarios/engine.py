@@ -167,7 +167,7 @@ class Engine:
         assert self.scenario is not None
         return {
             "iteration": self.iteration,
-            "modules": {k: _unwrap(m).state_dict() for k, m in self.scenario.modules().items()},
+            "modules": {k: unwrap(m).state_dict() for k, m in self.scenario.modules().items()},
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
             "scaler": self.scaler.state_dict(),
@@ -190,7 +190,7 @@ class Engine:
             if name not in ckpt["modules"]:
                 raise CheckpointError(f"the checkpoint has no {name!r} weights (it has {sorted(ckpt['modules'])})")
             try:
-                _unwrap(modules[name]).load_state_dict(ckpt["modules"][name])
+                unwrap(modules[name]).load_state_dict(ckpt["modules"][name])
             except RuntimeError as err:
                 first = str(err).splitlines()[0]
                 raise CheckpointError(
@@ -321,5 +321,6 @@ def _raise_keyboard_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def _unwrap(module: nn.Module) -> nn.Module:
+def unwrap(module: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper (the module itself otherwise)."""
     return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module

@@ -44,7 +44,7 @@ from mtlda.scenarios.common import (
     training_batches,
     validation_loader,
 )
-from mtlda.scenarios.engine import Engine, OptimizerSpec, Scenario, StepOutput
+from mtlda.scenarios.engine import Engine, OptimizerSpec, Scenario, StepOutput, unwrap
 from mtlda.scenarios.references import ReferenceBook
 from mtlda.schema import ExperimentConfig
 from mtlda.tasks import DisparityTask, SemsegTask, Task
@@ -216,7 +216,7 @@ class SDEScenario(Scenario):
         return {"model": self.model, "pose": self.pose_net}
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
-        groups = dict(_unwrap(self.model).param_groups())
+        groups = dict(unwrap(self.model).param_groups())
         groups["pose"] = list(self.pose_net.parameters())
         return {"model": OptimizerSpec(groups, self.cfg.optim)}
 
@@ -266,7 +266,3 @@ class SDEScenario(Scenario):
         if self._panel_batch is None:
             self._panel_batch = collate([self.splits.val[i] for i in range(min(4, len(self.splits.val)))])
         return {"val/predictions": prediction_panel(self.model, self.tasks, self._panel_batch, engine)}
-
-
-def _unwrap(module: nn.Module) -> nn.Module:
-    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module

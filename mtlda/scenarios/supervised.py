@@ -20,7 +20,7 @@ from mtlda.scenarios.common import (
     training_batches,
     validation_loader,
 )
-from mtlda.scenarios.engine import Engine, OptimizerSpec, Scenario, StepOutput
+from mtlda.scenarios.engine import Engine, OptimizerSpec, Scenario, StepOutput, unwrap
 from mtlda.scenarios.references import ReferenceBook
 from mtlda.schema import ExperimentConfig
 from mtlda.tasks import task_weights
@@ -44,7 +44,7 @@ class SupervisedScenario(Scenario):
         return {"model": self.model}
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
-        return {"model": OptimizerSpec(_unwrap(self.model).param_groups(), self.cfg.optim)}
+        return {"model": OptimizerSpec(unwrap(self.model).param_groups(), self.cfg.optim)}
 
     def wrap_for_distributed(self, engine: Engine) -> None:
         ids = [engine.device.index] if engine.device.type == "cuda" else None
@@ -90,7 +90,3 @@ class SupervisedScenario(Scenario):
         if self._panel_batch is None:
             self._panel_batch = collate([self.splits.val[i] for i in range(min(4, len(self.splits.val)))])
         return {"val/predictions": prediction_panel(self.model, self.tasks, self._panel_batch, engine)}
-
-
-def _unwrap(module: nn.Module) -> nn.Module:
-    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module

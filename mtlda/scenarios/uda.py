@@ -24,9 +24,9 @@ from mtlda.losses.adversarial import (
 )
 from mtlda.models.discriminator import build_discriminators
 from mtlda.scenarios.common import build_splits, supervised_loss, training_batches
-from mtlda.scenarios.engine import Engine, OptimizerSpec, StepOutput
+from mtlda.scenarios.engine import Engine, OptimizerSpec, StepOutput, unwrap
 from mtlda.scenarios.references import ReferenceBook
-from mtlda.scenarios.supervised import SupervisedScenario, _unwrap
+from mtlda.scenarios.supervised import SupervisedScenario
 from mtlda.schema import ExperimentConfig
 
 SOURCE_SEED_OFFSET = 0
@@ -93,7 +93,7 @@ class UDAScenario(SupervisedScenario):
         with engine.autocast():
             tgt_preds = self.model(tgt.image)
         tgt_inputs = self._inputs(tgt_preds, depth_range, tuple(tgt.image.shape[-2:]))
-        discriminators = _unwrap(self.discriminators)
+        discriminators = unwrap(self.discriminators)
         adv, adv_terms = adversarial_generator_loss(discriminators, tgt_inputs, self.cfg.uda.lambda_adv)
         engine.backward(sup + adv)
         src_inputs = self._inputs(src_preds, depth_range, tuple(src.image.shape[-2:]))
