@@ -20,7 +20,7 @@ from mtlda.losses.adversarial import (
 )
 from mtlda.models.discriminator import PatchDiscriminator, build_discriminators, discriminator_key
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def param_count(module: nn.Module) -> int:

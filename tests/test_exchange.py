@@ -9,13 +9,7 @@ from mtlda.models.exchange import MTEB, XTAM, PadNetBlock, attention, attention_
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one intra-op thread avoids spin-waiting against the other jobs on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _features(channels: int = 16, height: int = 8, width: int = 16, seed: int = 0) -> torch.Tensor:
     return torch.randn(2, channels, height, width, generator=torch.Generator().manual_seed(seed))

@@ -22,13 +22,7 @@ TASK_SETS = [["semseg", "depth"], ["semseg", "depth", "normals"], ["semseg", "de
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one intra-op thread avoids spin-waiting against the other jobs on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())

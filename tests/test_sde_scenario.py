@@ -37,7 +37,7 @@ PRETRAIN_STEPS = 40
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
+def _restore_threads():
     """Training here runs with ``train.threads=1`` (two threads on two shared cores are several times slower);
     the thread count of the test session is restored afterwards."""
     threads = torch.get_num_threads()
