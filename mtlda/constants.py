@@ -6,13 +6,20 @@ IGNORE_INDEX = 255
 # Task names, in the one fixed order used everywhere (module creation, concatenation, logging).
 TASK_CODES = {"S": "semseg", "D": "depth", "N": "normals", "E": "edges"}
 
-# Input normalisation applied inside the encoder (torchvision ImageNet statistics; images are RGB in [0, 1]).
-IMAGE_MEAN = (0.485, 0.456, 0.406)
-IMAGE_STD = (0.229, 0.224, 0.225)
+# Input normalisation applied inside the encoder (images are RGB in [0, 1]), by ``model.input_norm``:
+# "imagenet" (torchvision's ImageNet statistics) or "monodepth" ((x - 0.45) / 0.225, what the official DenseMTL
+# and Monodepth2 code use with ImageNet weights).
+INPUT_NORMALISATIONS = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "monodepth": ((0.45, 0.45, 0.45), (0.225, 0.225, 0.225)),
+}
 
-# Depth head: regresses y = DEPTH_INV_SCALE_DEFAULT / d (d in metres), the paper's d_far / d.
-# Per experiment this is `tasks.depth.inv_scale`; the conversion back is exact: d = s / y.
+# Depth head: regresses y = s / (d + c) (d in metres), the paper's d_far / d with s = ``tasks.depth_inv_scale``
+# and c = ``tasks.depth_inv_offset``; the conversion back is exact: d = s / y - c. The official DenseMTL head
+# regresses 65536 / (100 d + 1) = 655.36 / (d + 0.01): s = 655.36, c = 0.01 (the paper's experiments).
 DEPTH_INV_SCALE_DEFAULT = 80.0
+OFFICIAL_DEPTH_INV_SCALE = 655.36
+OFFICIAL_DEPTH_INV_OFFSET = 0.01
 
 # Depth evaluation caps (metres) of the default protocol.
 EVAL_MIN_DEPTH = 1e-3

@@ -18,6 +18,7 @@ class ModelConfig:
     architecture: str = "3ways"  # 3ways (ASPP + skip decoders) | padnet (original PAD-Net heads)
     backbone: str = "resnet18"  # resnet18 | resnet34 | resnet50 | resnet101
     pretrained: str = "none"  # none | imagenet | path to a local .pth state dict
+    input_norm: str = "imagenet"  # imagenet (torchvision statistics) | monodepth ((x - 0.45) / 0.225, official code)
     dilation: list[bool] = field(default_factory=lambda: [False, False, True])  # torchvision layer2..4
     decoder_channels: list[int] = field(default_factory=lambda: [64, 128, 128, 256, 256])
     aspp_rates: list[int] = field(default_factory=lambda: [6, 12, 18])
@@ -81,7 +82,8 @@ class DepthProtocol:
 class TasksConfig:
     names: list[str] = field(default_factory=lambda: ["S", "D", "N"])  # codes S, D, N, E
     weights: dict[str, float] = field(default_factory=dict)  # per code; empty: the paper's per task set
-    depth_inv_scale: float = DEPTH_INV_SCALE_DEFAULT  # the head regresses s / depth
+    depth_inv_scale: float = DEPTH_INV_SCALE_DEFAULT  # the head regresses s / (depth + offset)
+    depth_inv_offset: float = 0.0  # metres; the official head's encoding is s = 655.36, offset = 0.01
     depth_protocol: DepthProtocol = field(default_factory=DepthProtocol)
     edge_tolerance: int = 1  # pixels of boundary-matching tolerance for ODS-F
 

@@ -147,7 +147,8 @@ class SemsegTask(Task):
 
 
 class DepthTask(Task):
-    """Depth: one channel regressing the scaled inverse depth y = s / d; berHu on y; decoded d = s / y metres."""
+    """Depth: one channel regressing the scaled inverse depth y = s / (d + c); berHu on y; decoded d = s / y - c
+    metres (s = ``inv_scale``, c = ``inv_offset`` metres; the official head's encoding is s = 655.36, c = 0.01)."""
 
     name = "depth"
     code = "D"
@@ -163,15 +164,20 @@ class DepthTask(Task):
         "delta3": True,
     }
 
-    def __init__(self, inv_scale: float = DEPTH_INV_SCALE_DEFAULT, protocol: DepthProtocol | None = None) -> None:
+    def __init__(self, inv_scale: float = DEPTH_INV_SCALE_DEFAULT, protocol: DepthProtocol | None = None,
+                 inv_offset: float = 0.0) -> None:
         if inv_scale <= 0:
             raise ValueError(f"depth inv_scale must be positive, got {inv_scale}")
+        if inv_offset < 0:
+            raise ValueError(f"depth inv_offset must be >= 0 metres, got {inv_offset}")
         self.inv_scale = float(inv_scale)
+        self.inv_offset = float(inv_offset)
         self.protocol = protocol if protocol is not None else DepthProtocol()
 
     def encode(self, depth: Tensor, valid: Tensor) -> Tensor:
-        """Scaled inverse depth y = s / d (B, 1, H, W) of metric depth; 0 outside ``valid``."""
-        return torch.where(valid, self.inv_scale / torch.where(valid, depth, torch.ones_like(depth)), 0.0)
+        """Scaled inverse depth y = s / (d + c) (B, 1, H, W) of metric depth (B, 1, H, W); 0 outside ``valid``."""
+        safe = torch.where(valid, depth, torch.ones_like(depth)) + self.inv_offset
+        return torch.where(valid, self.inv_scale / safe, 0.0)
 
     def valid_pixels(self, batch: Batch) -> Tensor:
         return self.mask(batch) & (self.target(batch) > 0)
@@ -183,9 +189,9 @@ class DepthTask(Task):
         return berhu_loss(upsample_to(pred_raw, depth.shape[-2:]), self.encode(depth, valid), valid)
 
     def decode(self, pred_raw: Tensor) -> Tensor:
-        """(B, 1, h, w) metres d = s / max(y, 1e-6)."""
+        """(B, 1, h, w) metres d = s / max(y, 1e-6) - c."""
         self._check_raw(pred_raw)
-        return self.inv_scale / pred_raw.clamp_min(MIN_INVERSE_DEPTH)
+        return self.inv_scale / pred_raw.clamp_min(MIN_INVERSE_DEPTH) - self.inv_offset
 
     def new_metric(self) -> DepthMetric:
         return DepthMetric(self.protocol, target=self.name)
@@ -346,7 +352,7 @@ def build_tasks(
     _check_codes(codes)
     factories = {
         "S": lambda: SemsegTask(num_classes, palette, class_names),
-        "D": lambda: DepthTask(cfg.depth_inv_scale, cfg.depth_protocol),
+        "D": lambda: DepthTask(cfg.depth_inv_scale, cfg.depth_protocol, cfg.depth_inv_offset),
         "N": lambda: NormalsTask(),
         "E": lambda: EdgesTask(cfg.edge_tolerance),
     }

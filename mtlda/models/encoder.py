@@ -2,7 +2,8 @@
 
 Feature ``i`` (0..4) is ``relu(bn1(conv1))``, ``layer1(maxpool)``, ``layer2``, ``layer3``, ``layer4``; with the default
 dilation ``[False, False, True]`` (layer4 dilated) their strides are 2, 4, 8, 16, 16 for every depth. Images enter as
-RGB in [0, 1] and are normalised inside the model with the ImageNet statistics of :mod:`mtlda.constants`.
+RGB in [0, 1] and are normalised inside the model (``input_norm``: ImageNet statistics, or the official code's
+(x - 0.45) / 0.225; see :data:`mtlda.constants.INPUT_NORMALISATIONS`).
 
 State-dict keys are torchvision's (``conv1.weight``, ``layer1.0.conv1.weight``, ...) without ``fc``, so a torchvision
 ResNet checkpoint loads directly.
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import resnet
 
-from mtlda.constants import IMAGE_MEAN, IMAGE_STD
+from mtlda.constants import INPUT_NORMALISATIONS
 
 _BUILDERS = {
     "resnet18": (resnet.resnet18, resnet.ResNet18_Weights.IMAGENET1K_V1),
@@ -108,8 +109,11 @@ class ResNetEncoder(nn.Module):
         pretrained: str = "none",
         dilation: Sequence[bool] = (False, False, True),
         num_frames: int = 1,
+        input_norm: str = "imagenet",
     ) -> None:
         super().__init__()
+        if input_norm not in INPUT_NORMALISATIONS:
+            raise ValueError(f"input_norm '{input_norm}' is unknown; choose one of {', '.join(INPUT_NORMALISATIONS)}.")
         if backbone not in _BUILDERS:
             raise ValueError(f"backbone '{backbone}' is unknown; choose one of {', '.join(BACKBONES)}.")
         if len(dilation) != 3:
@@ -132,8 +136,10 @@ class ResNetEncoder(nn.Module):
             strides.append(strides[-1] if dilate else strides[-1] * 2)
         self.strides = strides
 
-        mean = torch.tensor(IMAGE_MEAN).repeat(num_frames).view(1, -1, 1, 1)
-        std = torch.tensor(IMAGE_STD).repeat(num_frames).view(1, -1, 1, 1)
+        self.input_norm = input_norm
+        image_mean, image_std = INPUT_NORMALISATIONS[input_norm]
+        mean = torch.tensor(image_mean).repeat(num_frames).view(1, -1, 1, 1)
+        std = torch.tensor(image_std).repeat(num_frames).view(1, -1, 1, 1)
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", std, persistent=False)
 

@@ -216,7 +216,7 @@ def build_network(cfg: ModelConfig, heads: Mapping[str, HeadSpec]) -> MultiTaskN
     training engine under DDP.
     """
     _validate(cfg, heads)
-    encoder = ResNetEncoder(cfg.backbone, cfg.pretrained, cfg.dilation)
+    encoder = ResNetEncoder(cfg.backbone, cfg.pretrained, cfg.dilation, input_norm=cfg.input_norm)
     tasks = sorted(heads)
     exchange: dict[int, nn.Module] = {}
     if cfg.architecture == "padnet":
