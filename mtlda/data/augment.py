@@ -3,14 +3,12 @@
 Every transform returns a new sample in which the image, the neighbour frames, all targets, their masks and ``K``
 stay consistent (the pixel conventions of :mod:`mtlda.geometry`, ``align_corners=False``):
 
-* images and frames: bilinear (antialiased when shrinking);
-* semseg, depth, normals and masks: ``nearest-exact`` (the pixel-centre-correct nearest neighbour), so depth
-  values, normal vectors and class ids are never blended;
-* edges: max-pooled over each output pixel's footprint when shrinking (a thin edge is never lost), then
-  nearest when enlarging;
-* crops may reach outside the image (zoom-out): padding is 0 in images, depth, normals and edges,
-  ``IGNORE_INDEX`` in semseg and False in masks;
-* a horizontal flip mirrors cx and negates the x component of normals;
+* images and frames: bilinear (antialiased when shrinking), padded with 0, mirrored;
+* targets: by their kind (:mod:`mtlda.data.targets`), looked up from the target name: class ids, depth values and
+  normal vectors are never blended, thin edges survive shrinking, crops pad with ``IGNORE_INDEX`` (label maps) or
+  0, a flip negates the x component of normals;
+* masks: ``nearest-exact``, padded False, mirrored;
+* a horizontal flip mirrors cx;
 * colour jitter changes the image and the frames (same factors) and nothing else.
 
 Random draws use ``generator`` (a ``torch.Generator``) or, when it is None, torch's global RNG, which the training
@@ -25,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mtlda.constants import IGNORE_INDEX
 from mtlda.data.batch import Sample
+from mtlda.data.targets import MASK, target_kind
 from mtlda.geometry import crop_intrinsics, flip_intrinsics, scale_intrinsics
 from mtlda.schema import DataConfig
 
@@ -71,23 +69,6 @@ def _resize_image(x: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=shrink)[0]
 
 
-def resize_nearest(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """(C, H, W) or (H, W) of any dtype, ``nearest-exact``."""
-    batched = x.reshape(1, -1, *x.shape[-2:])
-    out = F.interpolate(batched.to(torch.float32), size=size, mode="nearest-exact")
-    return out.to(x.dtype).reshape(*x.shape[:-2], *size)
-
-
-def _resize_edges(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """(1, H, W) {0, 1} edges: max over each output pixel's footprint when shrinking, nearest when enlarging."""
-    pooled = F.adaptive_max_pool2d(x[None].float(), (min(size[0], x.shape[-2]), min(size[1], x.shape[-1])))[0]
-    return resize_nearest(pooled, size).to(x.dtype)
-
-
-def _resize_target(name: str, x: Tensor, size: tuple[int, int]) -> Tensor:
-    return _resize_edges(x, size) if name == "edges" else resize_nearest(x, size)
-
-
 def resize_sample(sample: Sample, height: int, width: int) -> Sample:
     """``sample`` resized to ``height`` x ``width`` with K scaled (depth values and normals are unchanged)."""
     h, w = sample.image.shape[-2:]
@@ -98,15 +79,11 @@ def resize_sample(sample: Sample, height: int, width: int) -> Sample:
     return Sample(
         image=_resize_image(sample.image, size),
         K=K,
-        targets={k: _resize_target(k, v, size) for k, v in sample.targets.items()},
-        masks={k: resize_nearest(v, size) for k, v in sample.masks.items()},
+        targets={k: target_kind(k).resize(v, size) for k, v in sample.targets.items()},
+        masks={k: MASK.resize(v, size) for k, v in sample.masks.items()},
         frames={k: _resize_image(v, size) for k, v in sample.frames.items()},
         id=sample.id,
     )
-
-
-def _pad_value(name: str) -> float:
-    return float(IGNORE_INDEX) if name == "semseg" else 0.0
 
 
 def _crop(x: Tensor, top: int, left: int, height: int, width: int, fill: float) -> Tensor:
@@ -128,23 +105,20 @@ def crop_sample(sample: Sample, top: int, left: int, height: int, width: int) ->
     return Sample(
         image=_crop(sample.image, top, left, height, width, 0.0),
         K=crop_intrinsics(sample.K[None], top, left)[0],
-        targets={k: _crop(v, top, left, height, width, _pad_value(k)) for k, v in sample.targets.items()},
-        masks={k: _crop(v, top, left, height, width, False) for k, v in sample.masks.items()},
+        targets={k: _crop(v, top, left, height, width, target_kind(k).pad_value) for k, v in sample.targets.items()},
+        masks={k: _crop(v, top, left, height, width, MASK.pad_value) for k, v in sample.masks.items()},
         frames={k: _crop(v, top, left, height, width, 0.0) for k, v in sample.frames.items()},
         id=sample.id,
     )
 
 
 def flip_sample(sample: Sample) -> Sample:
-    """``sample`` mirrored left-right: cx' = W - 1 - cx and the normals' x component negated."""
-    targets = {k: v.flip(-1) for k, v in sample.targets.items()}
-    if "normals" in targets:
-        targets["normals"] = targets["normals"] * torch.tensor([-1.0, 1.0, 1.0]).reshape(3, 1, 1)
+    """``sample`` mirrored left-right: cx' = W - 1 - cx, targets by their kind (normals: x component negated)."""
     return Sample(
         image=sample.image.flip(-1),
         K=flip_intrinsics(sample.K[None], sample.image.shape[-1])[0],
-        targets=targets,
-        masks={k: v.flip(-1) for k, v in sample.masks.items()},
+        targets={k: target_kind(k).flip(v) for k, v in sample.targets.items()},
+        masks={k: MASK.flip(v) for k, v in sample.masks.items()},
         frames={k: v.flip(-1) for k, v in sample.frames.items()},
         id=sample.id,
     )

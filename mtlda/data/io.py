@@ -2,7 +2,8 @@
 
 Readers return numpy arrays at the file's resolution: colour images as (H, W, 3) uint8 **RGB** (OpenCV's BGR order
 is undone here and nowhere else), single-channel PNGs with their stored dtype (uint8 or uint16). Writers encode in
-memory and move a complete temporary file into place, so a crash never leaves a partial file behind.
+memory and go through :func:`write_atomic`, the data layer's one atomic writer: a complete, fsynced temporary file
+is renamed into place, so a crash leaves either the old file or the new one, never a truncated one.
 """
 
 from __future__ import annotations
@@ -16,9 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-
-class DatasetError(ValueError):
-    """A data set folder or file is missing, empty or unreadable; the message names it and how to fix it."""
+from mtlda.data.errors import DatasetError
 
 
 def require_file(path: Path, what: str) -> Path:
@@ -81,17 +80,26 @@ def read_text_lines(path: Path, what: str) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def write_atomic(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+def write_atomic(path: str | Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` (folders created): a temporary file in the same folder is written, flushed to
+    disk (fsync) and renamed over ``path``, so ``path`` is never seen incomplete, even after a crash."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` with :func:`write_atomic`."""
+    write_atomic(path, text.encode("utf-8"))
 
 
 def write_image(path: Path, image: np.ndarray) -> None:
@@ -113,7 +121,8 @@ def write_npy(path: Path, array: np.ndarray) -> None:
 
 
 def write_json(path: Path, data: dict) -> None:
-    write_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
+    """Write ``data`` as indented JSON atomically."""
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def png_size(path: Path) -> tuple[int, int]:
