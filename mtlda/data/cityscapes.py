@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mtlda.data.augment import resize_nearest
+from mtlda.data.targets import resize_nearest
 from mtlda.data.base import (
     DenseDataset,
     check_same_size,
