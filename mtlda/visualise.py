@@ -1,8 +1,18 @@
 """Colour maps and image panels for TensorBoard. Every function returns float images in [0, 1] and never mutates
-its inputs."""
+its inputs.
+
+Panels: :func:`make_panel` is the bare grid; :func:`labelled_panel` adds column titles, row labels and a class
+legend drawn into the image (OpenCV Hershey font, ASCII text); :func:`stack_panels` stacks such panels under section
+headings (e.g. "source" and "target" rows of a UDA panel). Depth: :func:`colourise_depth` maps a fixed range,
+:func:`colourise_depth_robust` and :func:`colourise_depth_pair` map each image's own robust range (log depth).
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -37,7 +47,37 @@ def build_lut(anchors: np.ndarray, size: int = 256) -> np.ndarray:
     return np.stack([np.interp(samples, positions, anchors[:, c]) for c in range(3)], axis=1).astype(np.float32)
 
 
+# Viridis (dark blue -> green -> yellow), sampled at nine points: uncertainty (entropy) maps.
+_VIRIDIS_ANCHORS = np.array(
+    [
+        [0.267, 0.005, 0.329],
+        [0.279, 0.175, 0.483],
+        [0.230, 0.322, 0.546],
+        [0.173, 0.449, 0.558],
+        [0.128, 0.567, 0.551],
+        [0.158, 0.684, 0.502],
+        [0.369, 0.789, 0.383],
+        [0.678, 0.864, 0.190],
+        [0.993, 0.906, 0.144],
+    ],
+    dtype=np.float32,
+)
+# Black -> red -> yellow -> white: error maps.
+_HOT_ANCHORS = np.array(
+    [[0.0, 0.0, 0.0], [0.6, 0.0, 0.0], [1.0, 0.35, 0.0], [1.0, 0.8, 0.1], [1.0, 1.0, 1.0]], dtype=np.float32
+)
+
 MAGMA_LUT = build_lut(_MAGMA_ANCHORS)
+VIRIDIS_LUT = build_lut(_VIRIDIS_ANCHORS)
+HOT_LUT = build_lut(_HOT_ANCHORS)
+
+# Robust depth colouring: log depth between these percentiles of an image's valid pixels spans the colour map.
+DEPTH_LOW_PERCENTILE = 2.0
+DEPTH_HIGH_PERCENTILE = 98.0
+# Error maps are scaled per image so that this percentile is the brightest colour.
+ERROR_HIGH_PERCENTILE = 98.0
+# Percentiles are estimated on at most this many pixels per image (a fixed stride, never a random draw).
+_MAX_QUANTILE_SAMPLES = 1 << 18
 
 
 def apply_lut(values: Tensor, lut: np.ndarray = MAGMA_LUT) -> Tensor:
@@ -75,6 +115,78 @@ def colourise_depth(depth: Tensor, min_depth: float, max_depth: float) -> Tensor
     return apply_lut(t) * valid
 
 
+def _per_image_quantiles(values: Tensor, usable: Tensor, quantiles: Sequence[float]) -> Tensor:
+    """(B, Q) quantiles in [0, 1] of values (B, 1, H, W) over the ``usable`` (B, 1, H, W) pixels of each image; NaN
+    for an image without usable pixels. Large images are subsampled on a fixed stride."""
+    q = torch.tensor(list(quantiles), dtype=torch.float32, device=values.device)
+    rows = []
+    for image, keep in zip(values.float().flatten(1), usable.expand_as(values).flatten(1)):
+        picked = image[keep]
+        if picked.numel() > _MAX_QUANTILE_SAMPLES:
+            picked = picked[:: -(-picked.numel() // _MAX_QUANTILE_SAMPLES)]
+        rows.append(torch.quantile(picked, q) if picked.numel() else torch.full_like(q, float("nan")))
+    return torch.stack(rows)
+
+
+def robust_depth_bounds(
+    depth: Tensor,
+    valid: Tensor | None = None,
+    low_percentile: float = DEPTH_LOW_PERCENTILE,
+    high_percentile: float = DEPTH_HIGH_PERCENTILE,
+) -> Tensor:
+    """(B, 2) per-image [near, far] metres: the low and high percentiles of depth (B, 1, H, W) metres over its pixels
+    that are > 0 and inside ``valid`` (B, 1, H, W) bool; a row is NaN when its image has no such pixel."""
+    if depth.ndim != 4 or depth.shape[1] != 1:
+        raise ValueError(f"depth must have shape (B, 1, H, W), got {tuple(depth.shape)}")
+    if not 0 <= low_percentile < high_percentile <= 100:
+        raise ValueError(f"need 0 <= low_percentile < high_percentile <= 100, got {low_percentile}, {high_percentile}")
+    usable = depth > 0 if valid is None else (depth > 0) & valid.bool()
+    return _per_image_quantiles(depth, usable, (low_percentile / 100, high_percentile / 100))
+
+
+def colourise_depth_per_image(depth: Tensor, bounds: Tensor) -> Tensor:
+    """(B, 3, H, W) magma colours of depth (B, 1, H, W) metres, linear in log depth between the per-image (B, 2)
+    ``bounds`` [near, far] metres (near brightest, far darkest, clamped): every doubling of distance gets an equal
+    share of the map, so 20, 40 and 80 m differ where inverse depth would draw them all near black. Depth <= 0 is
+    black. Rows with non-finite or non-positive bounds use [1, 100] m; an empty range is widened around its value.
+    """
+    if depth.ndim != 4 or depth.shape[1] != 1:
+        raise ValueError(f"depth must have shape (B, 1, H, W), got {tuple(depth.shape)}")
+    if bounds.shape != (depth.shape[0], 2):
+        raise ValueError(f"bounds must have shape ({depth.shape[0]}, 2), got {tuple(bounds.shape)}")
+    bounds = bounds.float().to(depth.device)
+    usable = (torch.isfinite(bounds) & (bounds > 0)).all(dim=1, keepdim=True)
+    log_bounds = torch.where(usable, bounds, torch.tensor([1.0, 100.0], device=depth.device)).log()
+    log_near, log_far = log_bounds[:, :1], log_bounds[:, 1:]
+    empty = log_far - log_near < 1e-3
+    log_near = torch.where(empty, log_near - math.log(2), log_near).reshape(-1, 1, 1, 1)
+    log_far = torch.where(empty, log_far + math.log(2), log_far).reshape(-1, 1, 1, 1)
+    valid = depth > 0
+    log_depth = torch.where(valid, depth.float(), torch.ones_like(depth, dtype=torch.float32)).log()
+    return apply_lut((log_far - log_depth) / (log_far - log_near)) * valid
+
+
+def colourise_depth_robust(depth: Tensor, valid: Tensor | None = None) -> Tensor:
+    """(B, 3, H, W) magma colours of depth (B, 1, H, W) metres over each image's own robust range (log depth between
+    the ``DEPTH_LOW_PERCENTILE`` and ``DEPTH_HIGH_PERCENTILE`` percentiles of its valid pixels, see
+    :func:`colourise_depth_per_image`); pixels <= 0 or outside ``valid`` (B, 1, H, W) are black. Invariant to the
+    scale of the depth, so a prediction known up to scale (self-supervised) and its ground truth look alike."""
+    shown = depth if valid is None else torch.where(valid.bool(), depth, torch.zeros_like(depth))
+    return colourise_depth_per_image(shown, robust_depth_bounds(shown))
+
+
+def colourise_depth_pair(pred: Tensor, target: Tensor, target_valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Colours (B, 3, H, W) of a depth prediction and its target (B, 1, H, W) metres on one shared per-image range:
+    the robust range of the target's valid pixels (the prediction's own where a target has none). Target pixels
+    <= 0 or outside ``target_valid`` (B, 1, H, W) are black."""
+    if pred.shape != target.shape:
+        raise ValueError(f"pred and target must have the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
+    shown = target if target_valid is None else torch.where(target_valid.bool(), target, torch.zeros_like(target))
+    bounds = robust_depth_bounds(shown)
+    bounds = torch.where(torch.isfinite(bounds), bounds, robust_depth_bounds(pred))
+    return colourise_depth_per_image(pred, bounds), colourise_depth_per_image(shown, bounds)
+
+
 def normals_to_rgb(normals: Tensor, valid: Tensor | None = None) -> Tensor:
     """(B, 3, H, W) colours (n + 1) / 2 of normals (B, 3, H, W); pixels outside ``valid`` (B, 1, H, W) are black."""
     if normals.ndim != 4 or normals.shape[1] != 3:
@@ -88,6 +200,46 @@ def grey_to_rgb(values: Tensor) -> Tensor:
     if values.ndim != 4 or values.shape[1] != 1:
         raise ValueError(f"values must have shape (B, 1, H, W), got {tuple(values.shape)}")
     return values.float().clamp(0, 1).expand(-1, 3, -1, -1)
+
+
+def colourise_entropy(entropy: Tensor) -> Tensor:
+    """(B, 3, H, W) viridis colours of normalised entropy: (B, C, H, W) terms in [0, 1] summed over C (a (B, 1, H, W)
+    entropy map, or the per-class -p log p / log C maps a discriminator sees); 0 (certain) is dark blue."""
+    if entropy.ndim != 4:
+        raise ValueError(f"entropy must have shape (B, C, H, W), got {tuple(entropy.shape)}")
+    return apply_lut(entropy.float().sum(dim=1, keepdim=True), VIRIDIS_LUT)
+
+
+def colourise_error(error: Tensor, max_error: float | None = None) -> Tensor:
+    """(B, 3, H, W) black-red-yellow-white colours of a non-negative error map (B, 1, H, W), e.g. a reprojection
+    error; 0 is black, ``max_error`` and above white. With ``max_error=None`` each image is scaled by its own
+    ``ERROR_HIGH_PERCENTILE`` percentile (pass a number to compare images). Non-finite values are black."""
+    if error.ndim != 4 or error.shape[1] != 1:
+        raise ValueError(f"error must have shape (B, 1, H, W), got {tuple(error.shape)}")
+    if max_error is not None and not max_error > 0:
+        raise ValueError(f"max_error must be positive, got {max_error}")
+    finite = torch.isfinite(error)
+    values = torch.where(finite, error.float(), torch.zeros_like(error, dtype=torch.float32))
+    if max_error is None:
+        top = _per_image_quantiles(values, finite, (ERROR_HIGH_PERCENTILE / 100,))[:, 0]
+        top = torch.where(torch.isfinite(top) & (top > 0), top, torch.ones_like(top))
+    else:
+        top = torch.full((error.shape[0],), float(max_error), device=error.device)
+    return apply_lut(values / top.reshape(-1, 1, 1, 1), HOT_LUT) * finite
+
+
+def colourise_mask(
+    mask: Tensor,
+    on_colour: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    off_colour: tuple[float, float, float] = (0.0, 0.0, 0.0),
+) -> Tensor:
+    """(B, 3, H, W) image of a binary mask (B, 1, H, W) (e.g. the auto-mask: True where a pixel joins the loss):
+    ``on_colour`` where True, ``off_colour`` where False (RGB in [0, 1])."""
+    if mask.ndim != 4 or mask.shape[1] != 1:
+        raise ValueError(f"mask must have shape (B, 1, H, W), got {tuple(mask.shape)}")
+    on = torch.tensor(on_colour, dtype=torch.float32, device=mask.device).reshape(1, 3, 1, 1)
+    off = torch.tensor(off_colour, dtype=torch.float32, device=mask.device).reshape(1, 3, 1, 1)
+    return torch.where(mask.bool(), on, off)
 
 
 def make_panel(images: list[Tensor], pad: int = 2) -> Tensor:
@@ -108,3 +260,148 @@ def make_panel(images: list[Tensor], pad: int = 2) -> Tensor:
         columns.append(F.pad(img.clamp(0, 1), (pad, pad, pad, pad), value=1.0))
     rows = torch.cat(columns, dim=3)  # (B, 3, h + 2 pad, n (w + 2 pad))
     return torch.cat(list(rows), dim=1)
+
+
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+_TEXT_RGB = (25, 25, 25)
+_TEXT_MARGIN = 3
+_MIN_FONT_SCALE = 0.3
+_SWATCH_BORDER_RGB = (90, 90, 90)
+
+
+def font_scale_for(width: int) -> float:
+    """OpenCV font scale for labels of an image cell ``width`` pixels wide: 0.45 at 256 px, within [0.4, 1.2]."""
+    return float(np.clip(0.45 * width / 256, 0.4, 1.2))
+
+
+def _thickness(scale: float) -> int:
+    return 1 if scale < 0.8 else 2
+
+
+def _ascii(text: str) -> str:
+    return text.encode("ascii", "replace").decode("ascii")
+
+
+def _text_size(text: str, scale: float) -> tuple[int, int, int]:
+    (width, height), baseline = cv2.getTextSize(text, _FONT, scale, _thickness(scale))
+    return width, height, baseline
+
+
+def text_height(scale: float) -> int:
+    """Height in pixels of one line of text at ``scale`` with its margins (the height of a title strip)."""
+    _, height, baseline = _text_size("Ag", scale)
+    return height + baseline + 2 * _TEXT_MARGIN
+
+
+def _fit_text(text: str, width: int, scale: float) -> tuple[str, float]:
+    """The text and scale that fit ``width`` pixels: shrunk down to ``_MIN_FONT_SCALE``, then cut with '...'."""
+    text = _ascii(text)
+    room = width - 2 * _TEXT_MARGIN
+    text_width = _text_size(text, scale)[0]
+    if text_width <= room:
+        return text, scale
+    scale = max(_MIN_FONT_SCALE, scale * room / text_width)
+    while text and _text_size(text, scale)[0] > room:
+        text = text[:-4] + "..." if len(text) > 4 else text[:-1]
+    return text, scale
+
+
+def _to_tensor(canvas: np.ndarray) -> Tensor:
+    return torch.from_numpy(canvas).permute(2, 0, 1).float() / 255.0
+
+
+def text_strip(text: str, width: int, scale: float, height: int | None = None, align: str = "centre") -> Tensor:
+    """(3, height, width) image in [0, 1]: dark text on white, vertically centred, aligned "centre" or "left";
+    ``height`` defaults to :func:`text_height` of ``scale``. Text too wide is shrunk, then cut with '...'."""
+    if align not in ("centre", "left"):
+        raise ValueError(f"align must be 'centre' or 'left', got {align!r}")
+    height = text_height(scale) if height is None else height
+    canvas = np.full((height, width, 3), 255, dtype=np.uint8)
+    text, fitted = _fit_text(text, width, scale)
+    if text:
+        text_width, text_h, _ = _text_size(text, fitted)
+        x = (width - text_width) // 2 if align == "centre" else _TEXT_MARGIN
+        y = (height + text_h) // 2
+        cv2.putText(canvas, text, (x, y), _FONT, fitted, _TEXT_RGB, _thickness(fitted), cv2.LINE_AA)
+    return _to_tensor(canvas)
+
+
+def class_legend(class_names: Sequence[str], palette: Tensor | np.ndarray, width: int, scale: float = 0.45) -> Tensor:
+    """(3, H, width) legend strip in [0, 1]: a colour swatch and the name of each class, flowing left to right over
+    as many lines as ``width`` needs; ``palette`` is (C, 3) uint8 RGB for the C class names."""
+    colours = np.asarray(palette)
+    if colours.shape != (len(class_names), 3):
+        raise ValueError(f"palette must have shape ({len(class_names)}, 3), got {colours.shape}")
+    line = text_height(scale)
+    swatch = line - 2 * _TEXT_MARGIN
+    spacing = 3 * _TEXT_MARGIN
+    items, x, y = [], _TEXT_MARGIN, 0
+    for name, colour in zip(class_names, colours):
+        name, fitted = _fit_text(name, width - swatch - 2 * _TEXT_MARGIN, scale)
+        item_width = swatch + _TEXT_MARGIN + _text_size(name, fitted)[0]
+        if x > _TEXT_MARGIN and x + item_width > width - _TEXT_MARGIN:
+            x, y = _TEXT_MARGIN, y + line
+        items.append((x, y, name, fitted, colour))
+        x += item_width + spacing
+    canvas = np.full((y + line, width, 3), 255, dtype=np.uint8)
+    for x, y, name, fitted, colour in items:
+        top = y + _TEXT_MARGIN
+        cv2.rectangle(canvas, (x, top), (x + swatch - 1, top + swatch - 1), tuple(int(c) for c in colour), -1)
+        cv2.rectangle(canvas, (x, top), (x + swatch - 1, top + swatch - 1), _SWATCH_BORDER_RGB, 1)
+        text_h = _text_size(name, fitted)[1]
+        cv2.putText(canvas, name, (x + swatch + _TEXT_MARGIN, y + (line + text_h) // 2), _FONT, fitted, _TEXT_RGB,
+                    _thickness(fitted), cv2.LINE_AA)
+    return _to_tensor(canvas)
+
+
+def labelled_panel(
+    images: Sequence[Tensor],
+    titles: Sequence[str],
+    row_labels: Sequence[str] | None = None,
+    legend: tuple[Sequence[str], Tensor | np.ndarray] | None = None,
+    pad: int = 2,
+) -> Tensor:
+    """(3, H', W') :func:`make_panel` grid of (B, 3, H, W) images (one column each, one row per batch item) with a
+    title above each column, an optional label left of each row (B labels) and an optional class legend strip
+    ``(class_names, (C, 3) uint8 palette)`` below, on white.
+
+    H' = text_height + B (H + 2 pad) [+ legend height]; W' = [label width +] n (W + 2 pad).
+    """
+    if len(titles) != len(images):
+        raise ValueError(f"got {len(titles)} titles for {len(images)} image columns")
+    grid = make_panel(list(images), pad)
+    b, _, h, w = images[0].shape
+    if row_labels is not None and len(row_labels) != b:
+        raise ValueError(f"got {len(row_labels)} row labels for {b} rows")
+    scale = font_scale_for(w)
+    header = torch.cat([text_strip(t, w + 2 * pad, scale) for t in titles], dim=2)
+    panel = torch.cat([header.to(grid.device), grid], dim=1)
+    if row_labels is not None:
+        label_width = max(_text_size(_ascii(label), scale)[0] for label in row_labels) + 2 * _TEXT_MARGIN
+        column = [torch.ones(3, header.shape[1], label_width)]
+        column += [text_strip(label, label_width, scale, height=h + 2 * pad, align="left") for label in row_labels]
+        panel = torch.cat([torch.cat(column, dim=1).to(grid.device), panel], dim=2)
+    if legend is not None:
+        names, palette = legend
+        strip = class_legend(names, palette, panel.shape[-1], scale)
+        panel = torch.cat([panel, strip.to(grid.device)], dim=1)
+    return panel
+
+
+def stack_panels(sections: Sequence[tuple[str, Tensor]], gap: int = 4, scale: float = 0.5) -> Tensor:
+    """(3, H', W') image stacking (3, H, W) panels top to bottom, each under its heading (left-aligned; none for
+    ""), ``gap`` white rows apart; narrower panels are padded with white on the right to the widest."""
+    if not sections:
+        raise ValueError("stack_panels needs at least one section")
+    width = max(panel.shape[-1] for _, panel in sections)
+    device = sections[0][1].device
+    parts = []
+    for index, (heading, panel) in enumerate(sections):
+        if panel.ndim != 3 or panel.shape[0] != 3:
+            raise ValueError(f"every panel must be (3, H, W), got {tuple(panel.shape)}")
+        if index:
+            parts.append(torch.ones(3, gap, width, device=device))
+        if heading:
+            parts.append(text_strip(heading, width, scale, align="left").to(device))
+        parts.append(F.pad(panel.float().to(device), (0, width - panel.shape[-1]), value=1.0))
+    return torch.cat(parts, dim=1)
