@@ -1,8 +1,10 @@
-"""Command-line conventions shared by every script: options, config loading, errors and exit codes.
+"""The command line: options every script shares, experiment selection, config resolution, errors and exit codes.
 
-Bad input (a missing file, an unknown config key, an unset data set variable, a NaN loss) prints one line on
-stderr naming the problem and its fix and exits with code 2, without a traceback (set ``MTLDA_DEBUG=1`` to see
-one). Ctrl-C exits with 130 after the engine has saved ``last.pt``.
+Bad input (a missing file, an unknown config key, an unset data set variable, a NaN loss, a full disk) prints one
+line on stderr naming the problem and its fix and exits with code 2, without a traceback (set ``MTLDA_DEBUG=1``
+to see one): every error a user can cause is an :class:`~mtlda.errors.MtldaError` (or an operating-system error).
+Any other exception is a bug and keeps its traceback. Ctrl-C / SIGTERM exit with 130 after the engine has saved
+``last.pt``.
 """
 
 from __future__ import annotations
@@ -14,67 +16,126 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mtlda.config import ConfigError, dump_config, load_config
+from mtlda.errors import MtldaError, UserInputError
 from mtlda.schema import ExperimentConfig
+from mtlda.tasks import check_codes
 
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError)
+EXPERIMENTS = Path(__file__).resolve().parent / "experiments"
+# UDA experiment folders by (source, target) data set.
+UDA_PAIRS = {("toycity", "toycity"): "toycity", ("synthia", "cityscapes"): "synthia2cityscapes",
+             ("vkitti2", "cityscapes"): "vkitti2cityscapes"}
+BLOCK_CHOICES = ("mteb", "padnet", "none")
 
 
-def experiment_parser(description: str, default_config: str | None) -> argparse.ArgumentParser:
+def find_config(path: str) -> Path:
+    """An experiment file: the path as given, or relative to the packaged experiments (``experiments/...``)."""
+    given = Path(path).expanduser()
+    if given.is_file():
+        return given
+    parts = given.parts
+    packaged = EXPERIMENTS.joinpath(*parts[1:]) if parts and parts[0] == "experiments" else EXPERIMENTS / given
+    if packaged.is_file():
+        return packaged
+    raise ConfigError(f"config file not found: {path} (see the experiments folder {EXPERIMENTS})")
+
+
+def experiment_file(scenario: str, folder: str, stem: str) -> Path:
+    """``experiments/<scenario>/<folder>/<stem>.yaml``, or an error listing the ones that exist."""
+    path = EXPERIMENTS / scenario / folder / f"{stem}.yaml"
+    if not path.is_file():
+        have = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
+        raise UserInputError(f"no experiment {scenario}/{folder}/{stem}.yaml; available for {folder}: "
+                             f"{', '.join(have) or 'none'} (or pass --config FILE)")
+    return path
+
+
+def parse_task_codes(text: str) -> list[str]:
+    """``"S,D"`` or ``"SD"`` -> ``["S", "D"]``; empty or unknown codes are an error (checked by the registry)."""
+    codes = [c for c in text.replace(",", "").replace(" ", "")]
+    check_codes(codes)
+    return codes
+
+
+def experiment_stem(codes: Sequence[str], block: str, suffix: str = "") -> str:
+    """``<codes>_<block><suffix>`` (``<code>_stl<suffix>`` for one task), e.g. ``sdn_mteb``, ``s_stl``."""
+    letters = "".join(codes).lower()
+    return (f"{letters}_stl" if len(codes) == 1 else f"{letters}_{block}") + suffix
+
+
+def experiment_parser(description: str) -> argparse.ArgumentParser:
     """The options every training script takes (``--config``, ``--set``, ``--workdir``, ...)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=default_config,
-                        help=f"experiment YAML file (default: {default_config})")
+    parser.add_argument("--config", help="experiment YAML file (instead of the selection options)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set optim.lr.backbone=1e-4 (repeatable)")
     parser.add_argument("--workdir", help="run folder (default: the config's workdir, runs/<name>/s<seed>)")
     parser.add_argument("--seed", type=int, help="random seed (default: the config's seed)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --workdir from its last.pt")
+    parser.add_argument("--allow-changed", nargs="+", default=[], metavar="KEY",
+                        help="with --resume: config keys allowed to differ from the checkpoint's (e.g. optim.lr)")
     parser.add_argument("--evaluate", metavar="CKPT", help="only evaluate this checkpoint on the validation split")
-    parser.add_argument("--amp", action="store_true", help="mixed precision (train.amp_dtype, bf16 by default)")
+    parser.add_argument("--record-reference", action="store_true",
+                        help="store this single-task reference experiment's result (this seed) in the references "
+                             "file (references.file; default: the packaged one)")
+    parser.add_argument("--amp", nargs="?", const="bf16", choices=("bf16", "fp16"),
+                        help="mixed precision (bf16 by default; fp16 with loss scaling on CUDA only)")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the config's device, auto)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return parser
 
 
-def resolve_config(args: argparse.Namespace, extra_overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """The config from ``--config``, scenario flags (``extra_overrides``) and ``--set`` (which win)."""
+def resolve_config(args: argparse.Namespace, config: str | Path | None,
+                   extra_overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """The config from ``config``, scenario flags (``extra_overrides``) and the common options (``--set`` last)."""
     overrides = list(extra_overrides)
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
     if args.amp:
-        overrides.append("train.amp=true")
+        overrides += ["train.amp=true", f"train.amp_dtype={args.amp}"]
     if args.device:
         overrides.append(f"device={args.device}")
     overrides += args.overrides
     if args.workdir:
         overrides.append(f"workdir={args.workdir}")
-    if args.config is not None and not Path(args.config).is_file():
-        raise ConfigError(f"config file not found: {args.config} (see the experiments/ folder)")
-    return load_config(args.config, overrides)
+    return load_config(find_config(str(config)) if config is not None else None, overrides)
+
+
+def refuse_selection_with_config(args: argparse.Namespace, flags: Sequence[str]) -> None:
+    """``--config`` names the experiment: selection flags next to it would be ignored, so they are an error."""
+    given = [f"--{f.replace('_', '-')}" for f in flags if getattr(args, f, None) not in (None, False)]
+    if args.config and given:
+        raise UserInputError(f"{', '.join(given)} select an experiment file, but --config names one already: drop "
+                             "them, or change the experiment with --set (e.g. --set tasks.names=[S,D])")
 
 
 def print_config(cfg: ExperimentConfig) -> None:
     sys.stdout.write(dump_config(cfg))
 
 
+def user_message(err: BaseException) -> str:
+    """The one line shown for a user error (the original message of an error raised in a DataLoader worker)."""
+    text = str(err).strip()
+    if text.startswith("Caught ") and "DataLoader worker" in text:
+        lines = [line for line in text.splitlines() if line.strip()]
+        for line in reversed(lines):
+            head, sep, rest = line.partition(": ")
+            if sep and head.strip().split(".")[-1].endswith(("Error", "Exception")):
+                return rest.strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def run_main(main: Callable[[], int | None]) -> None:
     """Run a script's ``main`` with the error conventions above and exit with its code."""
+    from mtlda.scenarios.interrupts import Interrupted
+
     try:
         code = main() or 0
-    except KeyboardInterrupt as stop:
+    except (Interrupted, KeyboardInterrupt) as stop:
         print(f"interrupted: {stop}" if str(stop) else "interrupted", file=sys.stderr)
         code = 130
-    except USER_ERRORS as err:
+    except (MtldaError, OSError) as err:
         if os.environ.get("MTLDA_DEBUG"):
             raise
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"error: {message}", file=sys.stderr)
-        code = 2
-    except RuntimeError as err:
-        from mtlda.scenarios.engine import TrainingError
-
-        if not isinstance(err, TrainingError) or os.environ.get("MTLDA_DEBUG"):
-            raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {user_message(err)}", file=sys.stderr)
         code = 2
     sys.exit(code)

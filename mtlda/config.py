@@ -25,10 +25,12 @@ from typing import Any
 
 import yaml
 
+from mtlda.errors import UserInputError
+from mtlda.files import write_text_atomic
 from mtlda.schema import ExperimentConfig
 
 
-class ConfigError(ValueError):
+class ConfigError(UserInputError):
     """A problem in an experiment file or an override, with a message that names it."""
 
 
@@ -226,9 +228,16 @@ def _convert(value: Any, tp: Any, path: str, sources: dict[str, str]) -> Any:
     raise ConfigError(f"{where}: {path}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
 
 
+def _check_range(value: Any, spec: dataclasses.Field, path: str, sources: dict[str, str]) -> None:
+    minimum = spec.metadata.get("min")
+    if minimum is not None and isinstance(value, (int, float)) and value < minimum:
+        raise ConfigError(f"{sources.get(path, '--set/defaults')}: {path}: {value!r} is below the minimum {minimum:g}")
+
+
 def _build(cls: type, data: dict, prefix: str, sources: dict[str, str]) -> Any:
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    specs = {f.name: f for f in dataclasses.fields(cls)}
+    names = list(specs)
     kwargs = {}
     for key, value in data.items():
         path = f"{prefix}.{key}" if prefix else str(key)
@@ -240,6 +249,7 @@ def _build(cls: type, data: dict, prefix: str, sources: dict[str, str]) -> Any:
                 f"{sources.get(path, '--set')}: unknown key {path!r}{hint} (valid keys here: {valid})"
             )
         kwargs[key] = _convert(value, hints[key], path, sources)
+        _check_range(kwargs[key], specs[key], path, sources)
     return cls(**kwargs)
 
 
@@ -276,7 +286,4 @@ def dump_config(cfg: Any) -> str:
 
 def save_config(cfg: Any, path: str | os.PathLike) -> None:
     """Write the resolved config atomically (temporary file + rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(dump_config(cfg))
-    os.replace(tmp, path)
+    write_text_atomic(path, dump_config(cfg))

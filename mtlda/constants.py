@@ -3,9 +3,6 @@
 # Segmentation: label value that losses and metrics skip (Cityscapes trainId convention).
 IGNORE_INDEX = 255
 
-# Task names, in the one fixed order used everywhere (module creation, concatenation, logging).
-TASK_CODES = {"S": "semseg", "D": "depth", "N": "normals", "E": "edges"}
-
 # Input normalisation applied inside the encoder (images are RGB in [0, 1]), by ``model.input_norm``:
 # "imagenet" (torchvision's ImageNet statistics) or "monodepth" ((x - 0.45) / 0.225, what the official DenseMTL
 # and Monodepth2 code use with ImageNet weights).
@@ -27,3 +24,8 @@ EVAL_MAX_DEPTH = 80.0
 
 # Edges: weight of the positive class in the weighted binary cross-entropy (paper / official code).
 EDGE_POS_WEIGHT = 0.95
+
+# Self-supervised depth (Monodepth2): the sigmoid disparity maps linearly to inverse depth in
+# [1 / SDE_MAX_DEPTH, 1 / SDE_MIN_DEPTH] (metres); ``sde.min_depth`` / ``sde.max_depth`` per experiment.
+SDE_MIN_DEPTH = 0.1
+SDE_MAX_DEPTH = 100.0

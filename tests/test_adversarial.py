@@ -7,18 +7,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtlda.data.batch import Batch
 from mtlda.losses.adversarial import (
     adversarial_generator_loss,
     adversarial_scale_weights,
-    discriminator_input,
     discriminator_loss,
     entropy_map,
     frozen,
-    normalise_depth,
-    source_depth_range,
-    unit_normals,
 )
 from mtlda.models.discriminator import PatchDiscriminator, build_discriminators, discriminator_key
+from mtlda.tasks import DepthTask, EdgesTask, NormalsTask, SemsegTask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -64,67 +62,57 @@ def test_entropy_rejects_single_channel():
         entropy_map(torch.zeros(1, 1, 4, 4))
 
 
-# ---------------------------------------------------------------- depth normalisation
+# ---------------------------------------------------------------- discriminator inputs (defined by each task)
+
+
+def depth_batch(depth: torch.Tensor, mask: torch.Tensor) -> Batch:
+    return Batch(image=torch.zeros(1, 3, *depth.shape[-2:]), K=torch.eye(3)[None], targets={"depth": depth},
+                 masks={"depth": mask})
 
 
 def test_source_depth_range_in_inverse_head_units_over_valid_pixels():
     depth = torch.tensor([2.0, 4.0, 8.0, 0.0, 100.0, 0.5]).view(1, 1, 2, 3)
     mask = torch.tensor([True, True, True, True, False, False]).view(1, 1, 2, 3)
-    low, high = source_depth_range(depth, mask, inv_scale=80.0)
+    low, high = DepthTask(inv_scale=80.0).discriminator_context(depth_batch(depth, mask))
     assert low.item() == pytest.approx(80.0 / 8.0)
     assert high.item() == pytest.approx(80.0 / 2.0)
+    low, high = DepthTask(inv_scale=655.36, inv_offset=0.01).discriminator_context(depth_batch(depth, mask))
+    assert low.item() == pytest.approx(655.36 / 8.01) and high.item() == pytest.approx(655.36 / 2.01)
 
 
 def test_source_depth_range_rejects_empty_or_degenerate_batches():
     depth = torch.full((1, 1, 2, 2), 5.0)
+    task = DepthTask(inv_scale=80.0)
     with pytest.raises(ValueError, match="no valid depth"):
-        source_depth_range(depth, torch.zeros(1, 1, 2, 2, dtype=torch.bool), 80.0)
+        task.discriminator_context(depth_batch(depth, torch.zeros(1, 1, 2, 2, dtype=torch.bool)))
     with pytest.raises(ValueError, match="all equal"):
-        source_depth_range(depth, torch.ones(1, 1, 2, 2, dtype=torch.bool), 80.0)
-    with pytest.raises(ValueError, match="bool mask"):
-        source_depth_range(depth, torch.ones(1, 1, 2, 2), 80.0)
+        task.discriminator_context(depth_batch(depth, torch.ones(1, 1, 2, 2, dtype=torch.bool)))
 
 
 def test_depth_normalisation_uses_source_statistics_for_both_domains():
     source_gt = torch.tensor([2.0, 4.0, 8.0, 16.0]).view(1, 1, 2, 2)
-    source_range = source_depth_range(source_gt, source_gt > 0, inv_scale=80.0)  # y in [5, 40]
+    task = DepthTask(inv_scale=80.0)
+    source_range = task.discriminator_context(depth_batch(source_gt, source_gt > 0))  # y in [5, 40]
     source_pred = torch.tensor([5.0, 40.0, 22.5, 12.0]).view(1, 1, 2, 2)
     target_pred = torch.tensor([1.0, 47.0, 5.0, 75.0]).view(1, 1, 2, 2)  # the target domain sees other depths
-    src = discriminator_input("depth", source_pred, source_range)
-    tgt = discriminator_input("depth", target_pred, source_range)
+    src = task.discriminator_input(source_pred, source_range)
+    tgt = task.discriminator_input(target_pred, source_range)
     torch.testing.assert_close(src, (source_pred - 5.0) / 35.0)
     torch.testing.assert_close(tgt, (target_pred - 5.0) / 35.0)
     assert tgt.min() < 0.0 and tgt.max() > 1.0
-    torch.testing.assert_close(normalise_depth(target_pred, 5.0, 40.0), tgt)
-    with pytest.raises(ValueError, match="source_range"):
-        discriminator_input("depth", target_pred)
-    with pytest.raises(ValueError, match="source_max > source_min"):
-        normalise_depth(target_pred, 40.0, 5.0)
 
 
-# ---------------------------------------------------------------- other inputs
-
-
-def test_unit_normals_have_unit_length_and_keep_direction():
-    pred = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(2)) * 7
-    unit = unit_normals(pred)
-    torch.testing.assert_close(unit.norm(dim=1), torch.ones(2, 4, 5))
-    torch.testing.assert_close(unit * pred.norm(dim=1, keepdim=True), pred)
-
-
-def test_discriminator_input_upsamples_raw_output_before_processing():
+def test_other_tasks_discriminator_inputs():
     gen = torch.Generator().manual_seed(3)
     logits = torch.randn(2, 4, 4, 6, generator=gen)
-    out = discriminator_input("semseg", logits, out_size=(32, 48))
-    upsampled = F.interpolate(logits, size=(32, 48), mode="bilinear", align_corners=False)
-    torch.testing.assert_close(out, entropy_map(upsampled))
+    semseg = SemsegTask(4, torch.zeros(4, 3, dtype=torch.uint8), list("abcd"))
+    torch.testing.assert_close(semseg.discriminator_input(logits, None), entropy_map(logits))
     edges = torch.randn(2, 1, 8, 8, generator=gen)
-    torch.testing.assert_close(discriminator_input("edges", edges), torch.sigmoid(edges))
-    normals = discriminator_input("normals", torch.randn(2, 3, 4, 4, generator=gen), out_size=(8, 8))
-    assert normals.shape == (2, 3, 8, 8)
-    torch.testing.assert_close(normals.norm(dim=1), torch.ones(2, 8, 8))
-    with pytest.raises(ValueError, match="no discriminator input"):
-        discriminator_input("disp", edges)
+    torch.testing.assert_close(EdgesTask().discriminator_input(edges, None), torch.sigmoid(edges))
+    pred = torch.randn(2, 3, 4, 5, generator=gen) * 7
+    unit = NormalsTask().discriminator_input(pred, None)
+    torch.testing.assert_close(unit.norm(dim=1), torch.ones(2, 4, 5))
+    torch.testing.assert_close(unit * pred.norm(dim=1, keepdim=True), pred)
 
 
 # ---------------------------------------------------------------- discriminators

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import socket
 from pathlib import Path
 
@@ -15,9 +16,11 @@ from torch.utils.data import Dataset
 
 from mtlda.config import load_config
 from mtlda.data.sampling import infinite_batches
-from mtlda.scenarios.checkpoint import load_checkpoint, save_atomic
-from mtlda.scenarios.distributed import init_distributed
+from mtlda.distributed import init_distributed
+from mtlda.files import WriteError
+from mtlda.scenarios.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mtlda.scenarios.engine import Engine, OptimizerSpec, Scenario, StepOutput, TrainingError
+from mtlda.scenarios.interrupts import Interrupted
 
 
 class NoisyPairs(Dataset):
@@ -43,14 +46,18 @@ def stack(items):
 
 
 class ToyScenario(Scenario):
-    def __init__(self, cfg, engine: Engine, with_noise_layers: bool = True, stop_at: int | None = None) -> None:
+    """A small conv net; ``signal_at``: send SIGINT to this process during that iteration's step (``signals``
+    times); validation and panels draw from the global RNG, as a careless scenario would."""
+
+    def __init__(self, cfg, engine: Engine, with_noise_layers: bool = True, signal_at: int | None = None,
+                 signals: int = 1) -> None:
         torch.manual_seed(123)
         layers = [nn.Conv2d(3, 8, 3, padding=1)]
         if with_noise_layers:
             layers += [nn.BatchNorm2d(8), nn.Dropout(0.3)]
         layers += [nn.ReLU(), nn.Conv2d(8, 1, 3, padding=1)]
         self.model = nn.Sequential(*layers)
-        self.cfg, self.engine, self.stop_at = cfg, engine, stop_at
+        self.cfg, self.engine, self.signal_at, self.signals = cfg, engine, signal_at, signals
         self.data = NoisyPairs()
         self.losses: list[float] = []
 
@@ -69,20 +76,26 @@ class ToyScenario(Scenario):
         self.model = nn.parallel.DistributedDataParallel(self.model)
 
     def train_step(self, batch, engine):
-        if self.stop_at is not None and engine.iteration == self.stop_at:
-            raise KeyboardInterrupt
         self.model.train()
         x, y = batch
         loss = nn.functional.mse_loss(self.model(x), y)
+        if self.signal_at is not None and engine.iteration == self.signal_at:
+            for _ in range(self.signals):
+                os.kill(os.getpid(), signal.SIGINT)
         engine.backward(loss)
         self.losses.append(loss.item())
-        return StepOutput({"mse": loss.item()}, loss.item())
+        return StepOutput({"mse": loss.detach(), "total": loss.detach()}, loss.detach())
 
     def validate(self, engine):
+        torch.randn(5)
         return {"toy/mse": self.losses[-1] if self.losses else float("nan")}
 
-    def higher_is_better(self, metric):
-        return False
+    def image_panels(self, engine):
+        torch.rand(3)
+        return {}
+
+    def selection(self):
+        return "toy/mse", False
 
 
 def _cfg(tmp_path: Path, iterations: int = 10, batch_size: int = 4, **extra):
@@ -103,17 +116,49 @@ def _run(cfg, resume=False, **kw):
     return scenario, engine
 
 
-def test_resume_after_interrupt_reproduces_losses(tmp_path):
+def test_ctrl_c_finishes_the_step_saves_and_resume_reproduces_losses(tmp_path):
     full, _ = _run(_cfg(tmp_path / "full", iterations=14))
-    with pytest.raises(KeyboardInterrupt):
-        _run(_cfg(tmp_path / "split", iterations=14), stop_at=8)
+    with pytest.raises(Interrupted, match="after iteration 6"):
+        _run(_cfg(tmp_path / "split", iterations=14), signal_at=5)  # the signal arrives during step 6
     ckpt = load_checkpoint(tmp_path / "split" / "last.pt")
-    assert ckpt["iteration"] == 8
+    assert ckpt["iteration"] == 6
     resumed, engine = _run(_cfg(tmp_path / "split", iterations=14), resume=True)
     assert engine.iteration == 14
-    assert resumed.losses == full.losses[8:]
+    assert resumed.losses == full.losses[6:]
     assert (tmp_path / "split" / "best.pt").is_file()
     assert (tmp_path / "split" / "config.yaml").is_file()
+
+
+def test_resume_from_a_checkpoint_taken_at_a_validation_iteration_is_exact(tmp_path):
+    extra = {"train.val_every": 3, "train.image_every": 3}  # validation and panels at every checkpoint
+    full, _ = _run(_cfg(tmp_path / "full", iterations=10, **extra))
+    with pytest.raises(Interrupted):
+        _run(_cfg(tmp_path / "split", iterations=10, **extra), signal_at=4)  # stops after iteration 5
+    for name in ("last.pt",):
+        assert load_checkpoint(tmp_path / "split" / name)["iteration"] == 5
+    cfg = _cfg(tmp_path / "split", iterations=10, **extra)
+    resumed, _ = _run(cfg, resume=True)
+    assert resumed.losses == full.losses[5:]
+
+
+def test_second_signal_stops_at_once_and_saves_nothing_from_the_cut_step(tmp_path):
+    with pytest.raises(Interrupted, match="nothing saved from it; .*last.pt holds iteration 3"):
+        _run(_cfg(tmp_path, iterations=14), signal_at=4, signals=2)
+    assert load_checkpoint(tmp_path / "last.pt")["iteration"] == 3
+
+
+def test_resume_with_a_changed_config_is_refused_unless_allowed(tmp_path):
+    _run(_cfg(tmp_path, iterations=4))
+    changed = _cfg(tmp_path, iterations=6, **{"optim.lr.decoders": 0.01})
+    engine = Engine(changed, tmp_path, torch.device("cpu"), show_progress=False)
+    before = (tmp_path / "config.yaml").read_text()
+    with pytest.raises(CheckpointError, match=r"optim.lr.decoders: 0.05 -> 0.01.*--allow-changed"):
+        engine.fit(ToyScenario(changed, engine), resume=True)
+    assert (tmp_path / "config.yaml").read_text() == before
+    engine = Engine(changed, tmp_path, torch.device("cpu"), show_progress=False)
+    engine.fit(ToyScenario(changed, engine), resume=True, allow_changed=["optim.lr", "train.iterations"])
+    assert engine.schedulers["model"].base_lrs == [0.01]
+    assert "0.01" in (tmp_path / "config.yaml").read_text()
 
 
 def test_schedule_and_clip_restored(tmp_path):
@@ -124,25 +169,40 @@ def test_schedule_and_clip_restored(tmp_path):
     assert lr == pytest.approx(0.05 * (1 - 6 / 6) ** 0.9)
 
 
-def test_atomic_write_keeps_old_checkpoint(tmp_path, monkeypatch):
+def test_atomic_write_keeps_old_checkpoint_on_a_full_disk(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    save_atomic({"modules": {"model": {"w": torch.ones(3)}}, "iteration": 1}, path)
+    save_checkpoint({"modules": {"model": {"w": torch.ones(3)}}, "iteration": 1}, path)
 
     def broken_save(obj, handle):
         handle.write(b"partial garbage")
-        raise OSError("disk full")
+        raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError):
-        save_atomic({"modules": {}, "iteration": 2}, path)
+    with pytest.raises(WriteError, match="No space left on device; the previous file .* is unchanged"):
+        save_checkpoint({"modules": {}, "iteration": 2}, path)
     monkeypatch.undo()
     assert load_checkpoint(path)["iteration"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
-def test_non_finite_loss_stops_with_message(tmp_path):
-    cfg = _cfg(tmp_path, iterations=5, **{"optim.lr.decoders": 1e30, "optim.grad_clip": 0})
-    with pytest.raises(TrainingError, match="non-finite loss"):
+def test_checkpoints_are_data_and_a_pickled_callable_is_refused(tmp_path):
+    _run(_cfg(tmp_path, iterations=3))
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["format"] == "mtlda-checkpoint" and ckpt["mtlda_version"] and ckpt["iteration"] == 3
+    evil = tmp_path / "evil.pt"
+    torch.save({"modules": {}, "hook": os.system}, evil)
+    with pytest.raises(CheckpointError, match="refusing to load .*could run code"):
+        load_checkpoint(evil)
+
+
+def test_non_finite_loss_stops_with_a_message_that_says_what_is_on_disk(tmp_path):
+    cfg = _cfg(tmp_path, iterations=8, **{"optim.lr.decoders": 1e30, "optim.grad_clip": 0,
+                                         "train.checkpoint_every": 1})
+    with pytest.raises(TrainingError, match=r"non-finite loss at iteration (\d+).*last.pt holds iteration"):
+        _run(cfg)
+    cfg = _cfg(tmp_path / "early", iterations=8, **{"optim.lr.decoders": 1e30, "optim.grad_clip": 0,
+                                                   "train.checkpoint_every": 0})
+    with pytest.raises(TrainingError, match="no checkpoint has been written yet"):
         _run(cfg)
 
 
@@ -162,6 +222,7 @@ def _ddp_worker(rank: int, world: int, port: int, workdir: str, out: str) -> Non
     scenario = ToyScenario(cfg, engine, with_noise_layers=False)
     engine.fit(scenario)
     engine.close()
+    assert scenario.losses
     if rank == 0:
         torch.save(scenario.model.module.state_dict(), out)
     torch.distributed.destroy_process_group()

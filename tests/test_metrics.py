@@ -7,40 +7,17 @@ import torch.nn.functional as F
 import yaml
 
 from mtlda.constants import IGNORE_INDEX
-from mtlda.data.batch import Batch
 from mtlda.metrics import (
     DepthMetric,
     EdgesMetric,
     NormalsMetric,
     SegmentationMetric,
-    load_references,
+    delta_uncertainty,
     multitask_delta,
-    save_references,
 )
 from mtlda.schema import DepthProtocol
 
-
-def batch_of(name: str, target: torch.Tensor, mask: torch.Tensor | None = None) -> Batch:
-    b = target.shape[0]
-    h, w = target.shape[-2:]
-    return Batch(
-        image=torch.zeros(b, 3, h, w),
-        K=torch.eye(3).expand(b, 3, 3),
-        targets={name: target},
-        masks={} if mask is None else {name: mask},
-    )
-
-
-def halves(batch: Batch) -> list[Batch]:
-    return [
-        Batch(
-            image=batch.image[s],
-            K=batch.K[s],
-            targets={k: v[s] for k, v in batch.targets.items()},
-            masks={k: v[s] for k, v in batch.masks.items()},
-        )
-        for s in (slice(0, 1), slice(1, None))
-    ]
+HALVES = (slice(0, 1), slice(1, None))
 
 
 def assert_same_results(a: dict[str, float], b: dict[str, float]) -> None:
@@ -52,16 +29,17 @@ def assert_same_results(a: dict[str, float], b: dict[str, float]) -> None:
             assert math.isclose(a[k], b[k], rel_tol=1e-9, abs_tol=1e-9), (k, a[k], b[k])
 
 
-def check_streaming_and_reduction(make_metric, pred: torch.Tensor, batch: Batch) -> None:
+def check_streaming_and_reduction(make_metric, pred: torch.Tensor, target: torch.Tensor,
+                                  mask: torch.Tensor | None = None) -> None:
     """Two halves streamed into one metric, and two 'ranks' whose summed states are loaded, equal one pass."""
     whole = make_metric()
-    whole.update(pred, batch)
+    whole.update(pred, target, mask)
     streamed = make_metric()
     ranks = [make_metric(), make_metric()]
-    for i, part in enumerate(halves(batch)):
-        sl = slice(0, 1) if i == 0 else slice(1, None)
-        streamed.update(pred[sl], part)
-        ranks[i].update(pred[sl], part)
+    for i, sl in enumerate(HALVES):
+        part_mask = None if mask is None else mask[sl]
+        streamed.update(pred[sl], target[sl], part_mask)
+        ranks[i].update(pred[sl], target[sl], part_mask)
     assert_same_results(streamed.compute(), whole.compute())
     reduced = make_metric()
     reduced.load_state([a + b for a, b in zip(ranks[0].state_tensors(), ranks[1].state_tensors())])
@@ -75,7 +53,7 @@ def test_segmentation_identity_is_perfect():
     labels = torch.randint(0, 4, (2, 5, 7))
     labels[0, 0] = IGNORE_INDEX
     m = SegmentationMetric(4, ["a", "b", "c", "d"])
-    m.update(F.one_hot(labels.clamp(max=3), 4).permute(0, 3, 1, 2).float(), batch_of("semseg", labels))
+    m.update(F.one_hot(labels.clamp(max=3), 4).permute(0, 3, 1, 2).float(), labels)
     out = m.compute()
     assert out["miou"] == 100 and out["pixel_acc"] == 100 and out["iou_a"] == 100
 
@@ -84,7 +62,7 @@ def test_segmentation_hand_computed():
     labels = torch.tensor([[[0, 0, 1, 1, IGNORE_INDEX]]])
     pred = torch.tensor([[[0, 1, 1, 2, 2]]])
     m = SegmentationMetric(4)
-    m.update(pred, batch_of("semseg", labels))
+    m.update(pred, labels)
     out = m.compute()
     # class 0: TP 1, FN 1 -> 1/2; class 1: TP 1, FP 1, FN 1 -> 1/3; class 2: FP 1 -> 0; class 3 absent -> NaN
     assert math.isclose(out["iou_0"], 50) and math.isclose(out["iou_1"], 100 / 3) and out["iou_2"] == 0
@@ -98,10 +76,10 @@ def test_segmentation_upsamples_probabilities_and_rejects_bad_labels():
     labels[..., 2:] = 1
     probs = torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]]]])  # (1, 2, 1, 2): left half class 0, right half class 1
     m = SegmentationMetric(2)
-    m.update(probs, batch_of("semseg", labels))
+    m.update(probs, labels)
     assert m.compute()["miou"] == 100
     with pytest.raises(ValueError, match="labels must lie"):
-        m.update(probs, batch_of("semseg", torch.full((1, 4, 4), 7)))
+        m.update(probs, torch.full((1, 4, 4), 7))
 
 
 def test_segmentation_equals_official_cityscapes_evaluation(tmp_path):
@@ -137,7 +115,7 @@ def test_segmentation_equals_official_cityscapes_evaluation(tmp_path):
     official_miou = official.getScoreAverage(result["classScores"], args)
 
     m = SegmentationMetric(19, [trainId2label[t].name for t in range(19)])
-    m.update(torch.as_tensor(np.stack(preds)), batch_of("semseg", torch.as_tensor(np.stack(gts))))
+    m.update(torch.as_tensor(np.stack(preds)), torch.as_tensor(np.stack(gts)))
     out = m.compute()
     assert math.isclose(out["miou"], 100 * official_miou, rel_tol=1e-9)
     for t in range(19):
@@ -150,7 +128,7 @@ def test_segmentation_equals_official_cityscapes_evaluation(tmp_path):
 def test_segmentation_streaming_and_reduction():
     labels = torch.randint(0, 5, (2, 6, 8))
     labels[1, :2] = IGNORE_INDEX
-    check_streaming_and_reduction(lambda: SegmentationMetric(5), torch.randn(2, 5, 3, 4), batch_of("semseg", labels))
+    check_streaming_and_reduction(lambda: SegmentationMetric(5), torch.randn(2, 5, 3, 4), labels)
 
 
 def test_all_reduce_single_process_group(tmp_path):
@@ -160,7 +138,7 @@ def test_all_reduce_single_process_group(tmp_path):
     try:
         m = SegmentationMetric(3)
         labels = torch.randint(0, 3, (1, 4, 4))
-        m.update(labels, batch_of("semseg", labels))
+        m.update(labels, labels)
         before = m.compute()
         m.all_reduce()
         assert m.compute() == before
@@ -174,7 +152,7 @@ def test_all_reduce_single_process_group(tmp_path):
 def test_depth_identity_is_perfect():
     gt = torch.rand(2, 1, 5, 6) * 50 + 1
     m = DepthMetric()
-    m.update(gt.clone(), batch_of("depth", gt, gt > 0))
+    m.update(gt.clone(), gt, gt > 0)
     out = m.compute()
     assert out["abs_rel"] == 0 and out["rmse"] == 0 and out["rmse_log"] == 0 and out["delta1"] == 100
 
@@ -184,7 +162,7 @@ def test_depth_hand_computed_per_pixel_and_per_image():
     pred = torch.tensor([[[[1.0, 4.0]]], [[[10.0, 20.0]]]])
     mask = torch.ones_like(gt, dtype=torch.bool)
     pixel = DepthMetric(DepthProtocol(per_image=False))
-    pixel.update(pred, batch_of("depth", gt, mask))
+    pixel.update(pred, gt, mask)
     out = pixel.compute()
     assert math.isclose(out["abs_rel"], (0.5 + 0 + 0 + 1.0) / 4)
     assert math.isclose(out["sq_rel"], (0.5 + 0 + 0 + 10.0) / 4)
@@ -192,7 +170,7 @@ def test_depth_hand_computed_per_pixel_and_per_image():
     assert math.isclose(out["rmse_log"], math.sqrt(2 * math.log(2) ** 2 / 4))
     assert math.isclose(out["delta1"], 50) and math.isclose(out["delta2"], 50) and math.isclose(out["delta3"], 50)
     image = DepthMetric(DepthProtocol(per_image=True))
-    image.update(pred, batch_of("depth", gt, mask))
+    image.update(pred, gt, mask)
     out = image.compute()
     assert math.isclose(out["rmse"], (math.sqrt(0.5) + math.sqrt(50)) / 2)
     assert math.isclose(out["abs_rel"], (0.25 + 0.5) / 2)
@@ -203,7 +181,7 @@ def test_depth_caps_mask_and_clamp():
     mask = torch.tensor([[[[True, True, True, False]]]])
     pred = torch.tensor([[[[3.0, 200.0, 7.0, 1.0]]]])
     m = DepthMetric(DepthProtocol(min_depth=1e-3, max_depth=80.0))
-    m.update(pred, batch_of("depth", gt, mask))
+    m.update(pred, gt, mask)
     out = m.compute()
     # only the 5 m pixel is evaluated, its prediction clamped to 80 m
     assert math.isclose(out["rmse"], 75.0) and math.isclose(out["abs_rel"], 15.0)
@@ -213,7 +191,7 @@ def test_depth_median_scaling_per_image():
     gt = torch.rand(2, 1, 4, 5) * 30 + 1
     pred = gt * torch.tensor([0.01, 7.0]).reshape(2, 1, 1, 1)
     m = DepthMetric(DepthProtocol(median_scaling=True, per_image=True))
-    m.update(pred, batch_of("depth", gt, torch.ones_like(gt, dtype=torch.bool)))
+    m.update(pred, gt, torch.ones_like(gt, dtype=torch.bool))
     out = m.compute()
     assert out["abs_rel"] < 1e-6 and out["delta1"] == 100
     assert "median scaling per image" in m.protocol_description()
@@ -224,7 +202,7 @@ def test_depth_streaming_and_reduction():
     pred = torch.rand(2, 1, 3, 4) * 90 + 0.1
     for per_image in (False, True):
         protocol = DepthProtocol(per_image=per_image, median_scaling=per_image)
-        check_streaming_and_reduction(lambda: DepthMetric(protocol), pred, batch_of("depth", gt, gt > 0))
+        check_streaming_and_reduction(lambda: DepthMetric(protocol), pred, gt, gt > 0)
 
 
 # ---------------------------------------------------------------- normals
@@ -242,7 +220,7 @@ def test_normals_error_of_rotated_field_is_the_angle():
     gt[1, :, :3] = torch.tensor([0.0, 0.0, -1.0], dtype=torch.float64)[:, None, None]
     pred = torch.einsum("ij,bjhw->bihw", rotation_about_x(17.3), gt)
     m = NormalsMetric()
-    m.update(pred * 4.0, batch_of("normals", gt, torch.ones(2, 1, 6, 7, dtype=torch.bool)))
+    m.update(pred * 4.0, gt, torch.ones(2, 1, 6, 7, dtype=torch.bool))
     out = m.compute()
     assert math.isclose(out["mean"], 17.3, abs_tol=1e-9)
     assert abs(out["median"] - 17.3) <= 0.005 + 1e-9
@@ -259,20 +237,20 @@ def test_normals_identity_mask_and_median():
     pred_masked = torch.cat([pred, torch.ones(1, 3, 1, 1)], dim=3)
     mask = torch.tensor([[[[True, True, True, False]]]])
     m = NormalsMetric()
-    m.update(pred_masked, batch_of("normals", gt_masked, mask))
+    m.update(pred_masked, gt_masked, mask)
     out = m.compute()
     assert math.isclose(out["mean"], 45.0, abs_tol=1e-4)
     assert abs(out["median"] - 40.0) <= 0.005 + 1e-4
     assert math.isclose(out["within_11.25"], 100 / 3) and math.isclose(out["within_30"], 100 / 3)
     ident = NormalsMetric()
-    ident.update(gt, batch_of("normals", gt))
+    ident.update(gt, gt)
     assert ident.compute()["mean"] < 1e-6
 
 
 def test_normals_streaming_and_reduction():
     gt = F.normalize(torch.randn(2, 3, 6, 8), dim=1)
     mask = torch.rand(2, 1, 6, 8) > 0.3
-    check_streaming_and_reduction(NormalsMetric, torch.randn(2, 3, 6, 8), batch_of("normals", gt, mask))
+    check_streaming_and_reduction(NormalsMetric, torch.randn(2, 3, 6, 8), gt, mask)
 
 
 # ---------------------------------------------------------------- edges
@@ -282,9 +260,9 @@ def test_edges_identity_is_perfect():
     gt = torch.zeros(1, 1, 8, 8)
     gt[..., 3, :] = 1
     m = EdgesMetric(tolerance=0)
-    m.update(gt.clone(), batch_of("edges", gt))
+    m.update(gt.clone(), gt)
     out = m.compute()
-    assert out["f1"] == 100 and out["ods_f"] == 100
+    assert out["f1_edge"] == 100 and out["ods_f"] == 100 and out["mean_f1"] == 100
 
 
 def test_edges_tolerance_and_hand_computed_counts():
@@ -294,14 +272,14 @@ def test_edges_tolerance_and_hand_computed_counts():
     pred[..., 4, 1:7] = 0.9  # the same line one row lower
     pred[..., 7, 0] = 0.6  # one isolated false positive
     strict = EdgesMetric(tolerance=0)
-    strict.update(pred, batch_of("edges", gt))
-    assert strict.compute()["f1"] == 0
+    strict.update(pred, gt)
+    assert strict.compute()["f1_edge"] == 0
     loose = EdgesMetric(tolerance=1)
-    loose.update(pred, batch_of("edges", gt))
+    loose.update(pred, gt)
     out = loose.compute()
     precision, recall = 6 / 7, 1.0
     assert math.isclose(out["precision"], 100 * precision) and math.isclose(out["recall"], 100 * recall)
-    assert math.isclose(out["f1"], 100 * 2 * precision * recall / (precision + recall))
+    assert math.isclose(out["f1_edge"], 100 * 2 * precision * recall / (precision + recall))
     # ODS: a threshold above 0.6 drops the false positive
     assert math.isclose(out["ods_f"], 100) and 0.6 < out["ods_threshold"] <= 0.9
 
@@ -310,12 +288,12 @@ def test_edges_mask_and_streaming():
     gt = (torch.rand(2, 1, 10, 12) > 0.8).float()
     mask = torch.rand(2, 1, 10, 12) > 0.2
     pred = torch.rand(2, 1, 5, 6)
-    check_streaming_and_reduction(lambda: EdgesMetric(tolerance=1), pred, batch_of("edges", gt, mask))
+    check_streaming_and_reduction(lambda: EdgesMetric(tolerance=1), pred, gt, mask)
     m1, m2 = EdgesMetric(), EdgesMetric()
     full = torch.rand(2, 1, 10, 12)
-    m1.update(full, batch_of("edges", gt, mask))
+    m1.update(full, gt, mask)
     changed = torch.where(mask, full, torch.ones_like(full))
-    m2.update(changed, batch_of("edges", gt * mask + (~mask).float(), mask))
+    m2.update(changed, gt * mask + (~mask).float(), mask)
     assert m1.compute() == m2.compute()
 
 
@@ -341,27 +319,29 @@ def test_delta_averages_metrics_within_a_task_first():
     assert math.isclose(multitask_delta(metrics, refs, directions), 100 * ((0.5 + 0.0) / 2 + 0.0) / 2)
 
 
-def test_references_round_trip_and_protocol_check(tmp_path):
-    path = tmp_path / "refs.yaml"
-    protocol = {"depth": DepthMetric().protocol_description(), "semseg": SegmentationMetric(3).protocol_description()}
-    save_references(path, "toycity", protocol, {"depth": {"rmse": 3.5}}, source="runs/stl_d", date="2026-01-01")
-    save_references(path, "toycity", protocol, {"semseg": {"miou": 60.0}}, source="runs/stl_s")
-    save_references(path, "toycity", protocol, {"depth": {"rmse": 3.0}}, source="runs/stl_d2")
-    data = yaml.safe_load(path.read_text())
-    assert data["version"] == 1 and len(data["entries"]) == 2
-    assert {e["source"] for e in data["entries"]} == {"runs/stl_d2", "runs/stl_s"}
-    loaded = load_references(path, "toycity", protocol)
-    assert loaded == {"depth": {"rmse": 3.0}, "semseg": {"miou": 60.0}}
-    assert load_references(path, "cityscapes", protocol) == {}
-    other = {"depth": DepthMetric(DepthProtocol(median_scaling=True)).protocol_description()}
-    with pytest.raises(ValueError, match="different protocol"):
-        load_references(path, "toycity", other)
+def test_edges_two_class_mean_f1_is_the_official_confusion_matrix_metric():
+    gt = torch.zeros(1, 1, 4, 5)
+    gt[..., 1, :] = 1  # 5 edge pixels, 15 background
+    pred = torch.zeros(1, 1, 4, 5)
+    pred[..., 1, :3] = 0.8  # 3 true positives
+    pred[..., 3, 0] = 0.7  # 1 false positive; 2 false negatives
+    m = EdgesMetric(tolerance=1)
+    m.update(pred, gt)
+    tp, fp, fn, tn = 3, 1, 2, 14
+    f1_edge = 2 * tp / (2 * tp + fp + fn)
+    f1_background = 2 * tn / (2 * tn + fn + fp)
+    assert math.isclose(m.compute()["mean_f1"], 100 * (f1_edge + f1_background) / 2)
 
 
-def test_references_file_errors(tmp_path):
-    with pytest.raises(FileNotFoundError):
-        load_references(tmp_path / "missing.yaml", "toycity", {"depth": "x"})
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("version: 7\nentries: []\n")
-    with pytest.raises(ValueError, match="version"):
-        load_references(bad, "toycity", {"depth": "x"})
+def test_delta_uncertainty_propagates_the_reference_standard_errors():
+    refs = {"semseg": {"miou": 50.0}, "depth": {"rmse": 4.0}}
+    directions = {"semseg": {"miou": True}, "depth": {"rmse": False}}
+    metrics = {"semseg": {"miou": 55.0}, "depth": {"rmse": 3.0}}
+    errors = {"semseg": {"miou": 1.0}, "depth": {"rmse": 0.2}}
+    expected = math.hypot(100 * 55.0 / (2 * 50.0**2) * 1.0, 100 * 3.0 / (2 * 4.0**2) * 0.2)
+    assert math.isclose(delta_uncertainty(metrics, refs, errors, directions), expected)
+    eps = 1e-6
+    shifted = {"semseg": {"miou": 50.0 + eps}, "depth": {"rmse": 4.0}}
+    slope = (multitask_delta(metrics, shifted, directions) - multitask_delta(metrics, refs, directions)) / eps
+    assert math.isclose(abs(slope) * 1.0, 100 * 55.0 / (2 * 50.0**2), rel_tol=1e-4)
+    assert delta_uncertainty(metrics, refs, {}, directions) == 0

@@ -12,22 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
+import mtlda
 from mtlda.config import load_config
 from mtlda.data.batch import Batch
-from mtlda.data.registry import dataset_info
-from mtlda.models.network import build_network
+from mtlda.errors import UserInputError
 from mtlda.scenarios.checkpoint import CheckpointError, load_checkpoint
-from mtlda.scenarios.common import build_model, build_task_objects, input_size
+from mtlda.scenarios.dense import input_size
 from mtlda.scenarios.engine import Engine
 from mtlda.scenarios.runner import baseline_rows, evaluate_checkpoint, report, train
-from mtlda.scenarios.sde import (
-    SDEScenario,
-    build_pose_net,
-    check_sde_config,
-    disparity_head,
-    load_pretrained_depth,
-    sde_heads,
-)
+from mtlda.scenarios.sde import SDEScenario, build_pose_net, check_sde_config, load_pretrained_depth
 from mtlda.schema import DepthProtocol
 from mtlda.tasks import DisparityTask
 
@@ -50,7 +43,7 @@ def tiny(tmp: Path, workdir: Path, *extra: str) -> list[str]:
     return [
         "data.height=32", "data.width=64", "data.toycity.height=32", "data.toycity.width=64",
         "data.toycity.num_train=8", "data.toycity.num_val=4", f"data.toycity.cache_dir={tmp / 'cache'}",
-        f"references={tmp / 'references.yaml'}", f"workdir={workdir}", "device=cpu",
+        f"references.file={tmp / 'references.yaml'}", f"workdir={workdir}", "device=cpu",
         "train.checkpoint_every=0", "train.image_every=0", "train.threads=1", "optim.schedule=constant", *extra,
     ]
 
@@ -70,7 +63,7 @@ def pretrained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sde")
     cfg = sde_config(tmp, "pretrain.yaml", tmp / "pretrain", f"train.iterations={PRETRAIN_STEPS}",
                      f"train.val_every={PRETRAIN_STEPS}")
-    _, _, metrics = train(cfg, SDEScenario, resume=False)
+    _, _, metrics = train(cfg)
     return tmp, cfg, metrics, initial_abs_rel(cfg)
 
 
@@ -80,7 +73,7 @@ def multitask_run(pretrained):
     tmp, pre_cfg, _, _ = pretrained
     cfg = sde_config(tmp, "sd_mteb.yaml", tmp / "mteb", "train.iterations=4", "train.val_every=2",
                      f"sde.init_from={Path(pre_cfg.workdir) / 'last.pt'}")
-    engine, scenario, _ = train(cfg, SDEScenario, resume=False)
+    engine, scenario, _ = train(cfg)
     return cfg, engine, scenario
 
 
@@ -107,19 +100,20 @@ def test_multitask_stage_starts_from_the_depth_decoder(pretrained):
         assert all(torch.equal(body[k], depth_body[k]) for k in body)
     encoder = scenario.model.encoder.state_dict()
     assert all(torch.equal(v, saved["model"][f"encoder.{k}"]) for k, v in encoder.items())
-    assert all(torch.equal(v, saved["pose"][k]) for k, v in scenario.pose_net.state_dict().items())
+    assert all(torch.equal(v, saved["pose"][k]) for k, v in scenario.extra["pose"].state_dict().items())
     disp_heads = scenario.model.decoders["disp"].sides.state_dict()
     assert all(torch.equal(v, saved["model"][f"decoders.disp.sides.{k}"]) for k, v in disp_heads.items())
     assert scenario.model.exchange  # the PAD-Net block is new and trained from scratch
     # the segmentation head has another shape and stays freshly initialised
     semseg_head = scenario.model.decoders["semseg"].sides["0"]
-    assert semseg_head.weight.shape[0] == scenario.splits.info.num_classes
+    assert semseg_head.weight.shape[0] == scenario.info.num_classes
 
 
 def test_initialisation_reports_what_it_copied_and_rejects_other_checkpoints(pretrained, multitask_run):
     tmp, pre_cfg, _, _ = pretrained
     cfg, _, _ = multitask_run
-    model = build_network(cfg.model, sde_heads(cfg, dataset_info(cfg.data).num_classes))
+    engine = Engine(cfg, Path(cfg.workdir), torch.device("cpu"), show_progress=False)
+    model = SDEScenario(cfg, engine, train=False, with_data=False).model
     copied = load_pretrained_depth(model, build_pose_net(cfg), Path(pre_cfg.workdir) / "last.pt")
     assert copied and all(name.startswith("disp.sides.") for name in copied)
     with pytest.raises(CheckpointError, match="not found"):
@@ -147,9 +141,9 @@ def test_resume_continues_the_same_run(pretrained, multitask_run, tmp_path):
     full_cfg, _, _ = multitask_run
     extra = ("train.val_every=2", f"sde.init_from={Path(pre_cfg.workdir) / 'last.pt'}")
     first = sde_config(tmp, "sd_mteb.yaml", tmp_path / "split", "train.iterations=2", *extra)
-    train(first, SDEScenario, resume=False)
+    train(first)
     second = sde_config(tmp, "sd_mteb.yaml", tmp_path / "split", "train.iterations=4", *extra)
-    engine, _, _ = train(second, SDEScenario, resume=True)
+    engine, _, _ = train(second, resume=True, allow_changed=["train.iterations"])
     assert engine.iteration == 4
     resumed = load_checkpoint(tmp_path / "split" / "last.pt")["modules"]
     uninterrupted = load_checkpoint(Path(full_cfg.workdir) / "last.pt")["modules"]
@@ -161,7 +155,7 @@ def test_resume_continues_the_same_run(pretrained, multitask_run, tmp_path):
 def test_evaluation_report_and_prediction_model(multitask_run):
     cfg, _, scenario = multitask_run
     checkpoint = Path(cfg.workdir) / "last.pt"
-    engine, evaluated = evaluate_checkpoint(cfg, SDEScenario, str(checkpoint))
+    engine, evaluated = evaluate_checkpoint(cfg, str(checkpoint))
     results = evaluated.evaluate_tasks(engine)
     for task, metrics in scenario.last_results.items():
         for key, value in metrics.items():
@@ -174,17 +168,16 @@ def test_evaluation_report_and_prediction_model(multitask_run):
     baselines = baseline_rows(cfg, evaluated)
     assert set(baselines) == {"trivial: global", "trivial: pixel prior"}
     assert set(baselines["trivial: pixel prior"]) == {"disp", "semseg"}
-    # scripts/predict.py rebuilds the network from the config with the disparity head
-    info = dataset_info(cfg.data)
-    model = build_model(cfg, build_task_objects(cfg, info), torch.device("cpu"),
-                        extra_heads={"disp": disparity_head(cfg)})
-    model.load_state_dict(load_checkpoint(checkpoint)["modules"]["model"])
+    # the Python API (and mtlda predict) rebuild the network from the checkpoint's config, disparity head included
+    predictor = mtlda.load_model(checkpoint)
+    out = predictor.predict(torch.rand(3, 40, 70))
+    assert out.semseg.shape == (40, 70) and out.disp.shape == (40, 70) and (out.disp > 0).all()
 
 
 def test_configuration_errors_name_the_key_to_fix(pretrained, tmp_path):
     tmp, _, _, _ = pretrained
     cfg = sde_config(tmp, "sd_mteb.yaml", tmp_path / "bad", "tasks.names=[S, D]")
-    with pytest.raises(ValueError, match=r"tasks.names=\[S\]"):
+    with pytest.raises(UserInputError, match="leave D out of tasks.names"):
         check_sde_config(cfg, train=True)
     cfg = sde_config(tmp, "pretrain.yaml", tmp_path / "bad", "data.frames=[]")
     with pytest.raises(ValueError, match="data.frames"):
@@ -192,8 +185,10 @@ def test_configuration_errors_name_the_key_to_fix(pretrained, tmp_path):
     check_sde_config(cfg, train=False)
     cfg = sde_config(tmp, "pretrain.yaml", tmp_path / "bad", "train.selection_metric=delta")
     engine = Engine(cfg, Path(cfg.workdir), torch.device("cpu"), show_progress=False)
-    with pytest.raises(ValueError, match="disp/abs_rel"):
-        SDEScenario(cfg, engine, train=False)
+    assert SDEScenario(cfg, engine, train=False).selection() == ("disp/abs_rel", False)  # no delta: fallback
+    cfg = sde_config(tmp, "pretrain.yaml", tmp_path / "bad", "train.selection_metric=disp/absrel")
+    with pytest.raises(UserInputError, match="disp/abs_rel"):
+        SDEScenario(cfg, engine, train=False).selection()
     cfg = sde_config(tmp, "pretrain.yaml", tmp_path / "bad", "tasks.depth_protocol.median_scaling=false")
     with pytest.raises(ValueError, match="median_scaling=true"):
         SDEScenario(cfg, engine, train=False)
@@ -231,7 +226,7 @@ def test_disparity_task_decodes_evaluates_and_draws():
     batch = Batch(image=torch.zeros(2, 3, 4, 6), K=torch.eye(3).expand(2, 3, 3), targets={"depth": gt},
                   masks={"depth": torch.ones(2, 1, 4, 6, dtype=torch.bool)})
     metric = task.new_metric()
-    metric.update(gt * torch.tensor([0.3, 7.0]).reshape(2, 1, 1, 1), batch)  # right up to a scale per image
+    task.score(metric, gt * torch.tensor([0.3, 7.0]).reshape(2, 1, 1, 1), batch)  # right up to a scale per image
     assert metric.compute()["abs_rel"] == pytest.approx(0.0, abs=1e-9)
     ramp = torch.linspace(1, 30, 24).reshape(1, 1, 4, 6)
     assert torch.allclose(task.visualise(ramp), task.visualise(3 * ramp))
@@ -255,7 +250,7 @@ def test_every_experiment_parses_and_builds_its_model(path):
     if stage == "multitask":
         assert cfg.model.block == path.stem.removeprefix("sd_")
         assert cfg.sde.init_from.endswith("_sde_pretrain/s0/last.pt")
-        assert sorted(cfg.model.scales) == sorted(cfg.sde.semseg_scales)
+
     if path.parent.name == "cityscapes":
         assert (cfg.model.backbone, cfg.model.pretrained, cfg.data.crop) == ("resnet101", "imagenet", [512, 512])
         assert (cfg.data.height, cfg.data.width, cfg.train.iterations) == (512, 1024, 40000)
@@ -264,7 +259,9 @@ def test_every_experiment_parses_and_builds_its_model(path):
             assert cfg.optim.lr == {"backbone": 1e-5, "decoders": 5e-5, "exchange": 5e-5, "pose": 1e-6}
     check_sde_config(cfg, train=True)
     cfg = load_config(str(path), ["model.pretrained=none"])
-    model = build_network(cfg.model, sde_heads(cfg, dataset_info(cfg.data).num_classes))
+    with torch.device("meta"):
+        engine = Engine(cfg, Path(cfg.workdir), torch.device("meta"), show_progress=False)
+        model = SDEScenario(cfg, engine, train=False, with_data=False).model
     model.valid_input_size(*input_size(cfg.data, train=True))
     model.valid_input_size(*input_size(cfg.data, train=False))
     assert set(model.tasks) == ({"disp"} if stage == "pretrain" else {"disp", "semseg"})

@@ -13,8 +13,9 @@ from mtlda.baselines import evaluate_priors, fit_priors
 from mtlda.config import load_config
 from mtlda.data.batch import Sample
 from mtlda.data.registry import build_dataset
+from mtlda.scenarios import scenario_class
 from mtlda.scenarios.checkpoint import load_checkpoint
-from mtlda.scenarios.common import DataSplits
+from mtlda.scenarios.engine import Engine
 from mtlda.scenarios.runner import evaluate_checkpoint, train
 from mtlda.scenarios.supervised import SupervisedScenario
 
@@ -34,7 +35,7 @@ def tiny_config(tmp_path: Path, cache: Path, *extra: str):
     return load_config(
         "experiments/supervised/toycity/sdn_mteb.yaml",
         [*TINY, f"data.toycity.cache_dir={cache}", f"workdir={tmp_path / 'run'}",
-         f"references={tmp_path / 'refs.yaml'}", *extra],
+         f"references.file={tmp_path / 'refs.yaml'}", *extra],
     )
 
 
@@ -54,18 +55,16 @@ class ShuffledTargets(Dataset):
         return Sample(sample.image, sample.K, other.targets, other.masks, sample.frames, sample.id)
 
 
-def shuffled_factory(cfg, engine, train_split=True):
-    scenario = SupervisedScenario(cfg, engine, train_split)
-    s = scenario.splits
-    scenario.splits = DataSplits(s.info, ShuffledTargets(s.train), s.val)
-    return scenario
+class ShuffledScenario(SupervisedScenario):
+    def build_split(self, data, split, train):
+        dataset = super().build_split(data, split, train)
+        return ShuffledTargets(dataset) if train else dataset
 
 
 def margins_over_prior(cfg, scenario) -> dict[str, float]:
     """How much better than the per-pixel prior the model is (positive = better), per main metric."""
     plain = build_dataset(cfg.data, cfg.data.train_split, train=False, tasks=list(scenario.tasks))
-    prior = evaluate_priors(fit_priors(plain, scenario.tasks, scenario.splits.info.num_classes), scenario.tasks,
-                            scenario.splits.val)["pixel prior"]
+    prior = evaluate_priors(fit_priors(plain, scenario.tasks), scenario.tasks, scenario.val_split)["pixel prior"]
     res = scenario.last_results
     return {
         "miou": res["semseg"]["miou"] - prior["semseg"]["miou"],
@@ -83,10 +82,10 @@ def clearly_better(m: dict[str, float]) -> bool:
 
 def test_learns_beyond_pixel_prior_and_shuffled_labels_do_not(tmp_path, cache):
     cfg = tiny_config(tmp_path / "real", cache, *LEARN)
-    engine, scenario, _ = train(cfg, SupervisedScenario, resume=False)
+    engine, scenario, _ = train(cfg)
     real = margins_over_prior(cfg, scenario)
     cfg_shuffled = tiny_config(tmp_path / "shuffled", cache, *LEARN)
-    _, control, _ = train(cfg_shuffled, shuffled_factory, resume=False)
+    _, control, _ = train(cfg_shuffled, scenario_type=ShuffledScenario)
     shuffled = margins_over_prior(cfg_shuffled, control)
     print(f"margins over the per-pixel prior: real {real}, shuffled labels {shuffled}")
     assert clearly_better(real), real
@@ -95,14 +94,15 @@ def test_learns_beyond_pixel_prior_and_shuffled_labels_do_not(tmp_path, cache):
 
 def test_resume_evaluate_and_loss_decreases(tmp_path, cache):
     cfg = tiny_config(tmp_path, cache, "train.iterations=4", "train.checkpoint_every=2")
-    engine, scenario, _ = train(cfg, SupervisedScenario, resume=False)
+    engine, scenario, _ = train(cfg)
     assert load_checkpoint(tmp_path / "run" / "last.pt")["iteration"] == 4
     longer = tiny_config(tmp_path, cache, "train.iterations=8", "train.checkpoint_every=2")
-    engine, scenario, _ = train(longer, SupervisedScenario, resume=True)
+    engine, scenario, _ = train(longer, resume=True, allow_changed=["train.iterations"])
     assert engine.iteration == 8
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
     assert ckpt["iteration"] == 8 and set(ckpt["optimizers"]) == {"model"}
-    engine, evaluated = evaluate_checkpoint(longer, SupervisedScenario, str(tmp_path / "run" / "last.pt"))
+    assert ckpt["metadata"]["tasks"]["semseg"]["code"] == "S" and len(ckpt["metadata"]["class_names"]) == 9
+    engine, evaluated = evaluate_checkpoint(longer, str(tmp_path / "run" / "last.pt"))
     again = evaluated.evaluate_tasks(engine)
     assert again["semseg"]["miou"] == pytest.approx(scenario.last_results["semseg"]["miou"])
     assert again["depth"]["rmse"] == pytest.approx(scenario.last_results["depth"]["rmse"], rel=1e-5)
@@ -116,27 +116,21 @@ def test_training_loss_decreases(tmp_path, cache):
     class Recording(SupervisedScenario):
         def train_step(self, batch, engine):
             out = super().train_step(batch, engine)
-            losses.append(out.loss)
+            losses.append(float(out.loss))
             return out
 
-    train(cfg, Recording, resume=False)
+    train(cfg, scenario_type=Recording)
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
 
 
 def test_experiment_files_parse_and_build(tmp_path):
-    from mtlda.scenarios.common import build_task_objects, build_model, task_names
-    from mtlda.data.registry import dataset_info
-
     files = sorted(Path("experiments").glob("*/*/*.yaml"))
     assert len(files) > 60
     for path in files:
-        cfg = load_config(path, ["model.pretrained=none"])
-        task_names(cfg.tasks.names)
-        if cfg.scenario == "sde":
-            continue  # built by tests/test_sde_scenario.py (extra disparity head and pose net)
-        tasks = build_task_objects(cfg, dataset_info(cfg.data))
+        cfg = load_config(path, ["model.pretrained=none", f"workdir={tmp_path}"])
         with torch.device("meta"):
-            build_model(cfg, tasks, torch.device("meta"))
+            engine = Engine(cfg, tmp_path, torch.device("meta"), show_progress=False)
+            scenario_class(cfg.scenario)(cfg, engine, train=False, with_data=False)
 
 
 def test_predict_writes_outputs_of_the_input_size(tmp_path, cache, monkeypatch, capsys):
@@ -145,7 +139,7 @@ def test_predict_writes_outputs_of_the_input_size(tmp_path, cache, monkeypatch, 
     import sys
 
     cfg = tiny_config(tmp_path, cache, "train.iterations=1")
-    train(cfg, SupervisedScenario, resume=False)
+    train(cfg)
     image = (np.random.default_rng(0).random((77, 131, 3)) * 255).astype(np.uint8)
     cv2.imwrite(str(tmp_path / "odd.png"), image)
     out = tmp_path / "pred"
@@ -155,9 +149,10 @@ def test_predict_writes_outputs_of_the_input_size(tmp_path, cache, monkeypatch, 
         runpy.run_path("scripts/predict.py", run_name="__main__")
     assert stop.value.code == 0, capsys.readouterr().err
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["odd_depth.npy", "odd_depth.png", "odd_normals.png", "odd_semseg.png", "odd_semseg_ids.png"]
+    assert names == [f"odd_{task}.{ext}" for task in ("depth", "normals", "semseg") for ext in ("npy", "png")]
     for name in names:
         path = out / name
         array = np.load(path) if name.endswith(".npy") else cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        assert array.shape[:2] == (77, 131), name
+        assert array.shape[-2:] == (77, 131) if name == "odd_normals.npy" else array.shape[:2] == (77, 131), name
     assert (np.load(out / "odd_depth.npy") > 0).all()
+    assert np.allclose(np.linalg.norm(np.load(out / "odd_normals.npy"), axis=0), 1, atol=1e-4)

@@ -3,20 +3,26 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from types import SimpleNamespace
+
+from mtlda.config import load_config
 from mtlda.constants import IGNORE_INDEX
 from mtlda.data.batch import Batch
+from mtlda.errors import UserInputError
 from mtlda.losses import berhu_loss
 from mtlda.metrics import multitask_delta
-from mtlda.schema import DepthProtocol, TasksConfig
+from mtlda.references import delta_directions
+from mtlda.schema import TasksConfig
 from mtlda.tasks import (
+    TASKS,
     DepthTask,
     EdgesTask,
     NormalsTask,
     SemsegTask,
     build_tasks,
+    check_codes,
     default_weights,
-    delta_directions,
-    metric_protocols,
+    task_codes,
     task_weights,
 )
 
@@ -46,8 +52,12 @@ def make_batch() -> Batch:
     )
 
 
-def all_tasks(codes=("S", "D", "N", "E")):
-    return build_tasks(list(codes), C, PALETTE, NAMES, TasksConfig(names=list(codes)))
+INFO = SimpleNamespace(num_classes=C, palette=PALETTE, class_names=tuple(NAMES))
+
+
+def all_tasks(codes=("S", "D", "N", "E"), *overrides):
+    cfg = load_config(None, [f"tasks.names=[{', '.join(codes)}]", *overrides])
+    return build_tasks(cfg, INFO)
 
 
 def test_build_tasks_in_sorted_name_order():
@@ -57,10 +67,22 @@ def test_build_tasks_in_sorted_name_order():
     assert [t.out_channels for t in tasks.values()] == [1, 1, 3, C]
     for task in tasks.values():
         assert task.main_metric in task.higher_is_better
-    with pytest.raises(ValueError, match="task codes"):
-        build_tasks(["S", "X"], C, PALETTE, NAMES, TasksConfig())
+        assert all(metric in task.higher_is_better for metric, _, _ in task.columns)
     with pytest.raises(ValueError, match="palette"):
-        build_tasks(["S"], C, PALETTE[:2], NAMES, TasksConfig())
+        build_tasks(load_config(None, ["tasks.names=[S]"]), SimpleNamespace(num_classes=C, palette=PALETTE[:2],
+                                                                              class_names=NAMES))
+
+
+def test_task_codes_come_from_the_registry_and_bad_codes_are_named():
+    assert task_codes() == {"D": "depth", "E": "edges", "N": "normals", "S": "semseg"}
+    assert "disp" in TASKS and TASKS.get("disp").code == ""
+    assert check_codes(["S", "D"]) == ["depth", "semseg"]
+    for codes, message in ((["S", "X"], "unknown task code"), ([], "no task given"), (["s"], "upper case: S"),
+                           (["S", "S"], "must not repeat")):
+        with pytest.raises(UserInputError, match=message):
+            check_codes(codes)
+    with pytest.raises(UserInputError, match="registered: depth, disp, edges, normals, semseg"):
+        TASKS.get("height")
 
 
 def test_default_weights_from_the_paper():
@@ -79,12 +101,20 @@ def test_task_weights_override_and_errors():
 
 
 def test_depth_encoding_round_trip_is_exact_to_rounding():
-    task = DepthTask(inv_scale=80.0)
-    for dtype in (torch.float32, torch.float64):
-        depth = torch.rand(1, 1, 50, 50, dtype=dtype) * 200 + 0.01
-        decoded = task.decode(task.encode(depth, depth > 0))
-        assert ((decoded - depth).abs() / depth).max() <= 2 * torch.finfo(dtype).eps
-    assert task.decode(torch.tensor([[[[-1.0, 0.0]]]])).isfinite().all()
+    for task in (DepthTask(inv_scale=80.0), DepthTask(inv_scale=655.36, inv_offset=0.01)):
+        for dtype in (torch.float32, torch.float64):
+            depth = torch.rand(1, 1, 50, 50, dtype=dtype) * 200 + 0.01
+            decoded = task.decode(task.encode(depth, depth > 0))
+            assert ((decoded - depth).abs() / depth).max() <= 4 * torch.finfo(dtype).eps
+        assert task.decode(torch.tensor([[[[-1.0, 0.0]]]])).isfinite().all()
+
+
+def test_official_depth_encoding_decodes_to_the_metric_depth_it_meant():
+    task = DepthTask(inv_scale=655.36, inv_offset=0.01)
+    metres = torch.tensor([1.0, 10.0, 80.0], dtype=torch.float64).reshape(1, 1, 1, 3)
+    official = 65536 / (100 * metres + 1)  # what the official head regresses
+    assert torch.allclose(task.encode(metres, metres > 0), official)
+    assert torch.allclose(task.decode(official), metres)  # not 655.36 / y - 1 (the official code's -0.99 m)
 
 
 def test_depth_loss_is_berhu_on_scaled_inverse_depth_and_upsamples_any_dimension():
@@ -110,12 +140,7 @@ def test_task_losses_ignore_masked_pixels_and_give_finite_values():
         assert loss.ndim == 0 and torch.isfinite(loss)
         loss.backward()
         assert torch.isfinite(raw.grad).all()
-        if name == "semseg":
-            invalid = (batch.targets["semseg"] == IGNORE_INDEX)[:, None]
-        elif name == "depth":
-            invalid = ~(batch.masks["depth"] & (batch.targets["depth"] > 0))
-        else:
-            invalid = ~batch.masks[name]
+        invalid = ~task.mask(batch)
         changed = torch.where(invalid, torch.randn(raw.shape, generator=g) * 50, raw.detach())
         assert torch.equal(task.loss(changed, batch), task.loss(raw.detach(), batch)), name
 
@@ -152,16 +177,16 @@ def test_perfect_predictions_through_decode_give_perfect_metrics():
     results = {}
     for name, task in tasks.items():
         metric = task.new_metric()
-        metric.update(task.decode(raw[name]), batch)
+        task.score(metric, task.decode(raw[name]), batch)
         results[name] = metric.compute()
     assert results["depth"]["rmse"] < 1e-4
     assert results["normals"]["mean"] < 1e-3
     assert results["semseg"]["miou"] == 100
-    assert results["edges"]["f1"] == 100
+    assert results["edges"]["f1_edge"] == 100 and results["edges"]["mean_f1"] == 100
     directions = delta_directions(tasks)
     assert directions == {
         "depth": {"rmse": False},
-        "edges": {"f1": True},
+        "edges": {"mean_f1": True},
         "normals": {"mean": False},
         "semseg": {"miou": True},
     }
@@ -170,8 +195,7 @@ def test_perfect_predictions_through_decode_give_perfect_metrics():
 
 def test_visualisations_are_rgb_in_unit_range():
     batch = make_batch()
-    cfg = TasksConfig(depth_protocol=DepthProtocol(max_depth=50))
-    tasks = build_tasks(["S", "D", "N", "E"], C, PALETTE, NAMES, cfg)
+    tasks = all_tasks(("S", "D", "N", "E"), "tasks.depth_protocol.max_depth=50")
     for task in tasks.values():
         decoded = task.decode(torch.randn(2, task.out_channels, H, W).abs() + 0.1)
         for image in (task.visualise(decoded), task.visualise_target(batch)):
@@ -185,10 +209,10 @@ def test_visualisations_are_rgb_in_unit_range():
     assert (depth_vis[0, :, 0, :3] == 0).all()  # missing depth is black
 
 
-def test_metric_protocols_name_each_task():
-    protocols = metric_protocols(all_tasks(("S", "D")))
-    assert list(protocols) == ["depth", "semseg"]
-    assert protocols["depth"].startswith("depth:") and protocols["semseg"].startswith("semseg:")
+def test_protocol_descriptions_name_each_task():
+    tasks = all_tasks(("S", "D"))
+    assert tasks["depth"].protocol_description().startswith("depth:")
+    assert tasks["semseg"].protocol_description().startswith("semseg:")
 
 
 def test_edges_and_normals_tasks_standalone():

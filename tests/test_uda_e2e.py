@@ -8,6 +8,8 @@ import torch
 from mtlda.config import load_config
 from mtlda.scenarios.checkpoint import load_checkpoint
 from mtlda.scenarios.engine import Engine
+from mtlda.errors import UserInputError
+from mtlda.losses.adversarial import discriminator_loss
 from mtlda.scenarios.runner import evaluate_checkpoint, train
 from mtlda.scenarios.uda import UDAScenario
 
@@ -20,25 +22,26 @@ def tiny(tmp_path, *extra):
     sets = [f"data.{s}" for s in SIZE] + [f"uda.source.{s}" for s in SIZE]
     sets += [f"data.toycity.cache_dir={cache}", f"uda.source.toycity.cache_dir={cache}", "data.val_batch_size=8",
              "train.val_every=1000", "train.image_every=0", "train.checkpoint_every=2", f"workdir={tmp_path / 'run'}",
-             f"references={tmp_path / 'refs.yaml'}", "train.threads=2"]
+             f"references.file={tmp_path / 'refs.yaml'}", "train.threads=2"]
     return load_config("experiments/uda/toycity/sd_mteb.yaml", sets + list(extra))
 
 
 def test_uda_trains_resumes_and_evaluates_on_target(tmp_path):
     cfg = tiny(tmp_path, "train.iterations=2")
-    engine, scenario, _ = train(cfg, UDAScenario, resume=False)
+    engine, scenario, _ = train(cfg)
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
     assert set(ckpt["modules"]) == {"model", "discriminators"}
     assert set(ckpt["optimizers"]) == {"model", "discriminators"}
-    assert sorted(scenario.discriminators.keys()) == ["depth_s0", "depth_s1", "semseg_s0", "semseg_s1"]
+    assert sorted(scenario.extra["discriminators"].keys()) == ["depth_s0", "depth_s1", "semseg_s0", "semseg_s1"]
     adam = ckpt["optimizers"]["discriminators"]
     assert adam["param_groups"][0]["betas"] == (0.9, 0.99) and adam["state"]  # moments exist after 2 steps
     longer = tiny(tmp_path, "train.iterations=3")
-    engine, scenario, _ = train(longer, UDAScenario, resume=True)
+    engine, scenario, _ = train(longer, resume=True, allow_changed=["train.iterations"])
     assert engine.iteration == 3
     assert load_checkpoint(tmp_path / "run" / "last.pt")["optimizers"]["discriminators"]["state"][0]["step"] == 3
-    assert "toycity" in scenario.references.dataset and "uda from" in scenario.references.dataset
-    engine, evaluated = evaluate_checkpoint(longer, UDAScenario, str(tmp_path / "run" / "last.pt"))
+    key = scenario.references.key
+    assert (key.scenario, key.dataset, key.setting) == ("uda", "toycity-textured", "from toycity-flat, adapted")
+    engine, evaluated = evaluate_checkpoint(longer, str(tmp_path / "run" / "last.pt"))
     results = evaluated.evaluate_tasks(engine)
     assert set(results) == {"depth", "semseg"}
     assert results["semseg"]["miou"] == pytest.approx(scenario.last_results["semseg"]["miou"])
@@ -53,23 +56,22 @@ def test_discriminators_step_only_on_their_loss_and_source_only_has_none(tmp_pat
     rng = torch.get_rng_state()  # replayed below so ASPP dropout draws the same masks
     out = scenario.train_step((src, tgt), engine)
     assert {"adv/semseg_s0", "disc/depth_s1", "adv/weighted"} <= set(out.terms)
-    assert all(p.grad is not None for p in scenario.discriminators.parameters())
-    grads = [p.grad.clone() for p in scenario.discriminators.parameters()]
-    for p in scenario.discriminators.parameters():
+    discriminators = scenario.extra["discriminators"]
+    assert all(p.grad is not None for p in discriminators.parameters())
+    grads = [p.grad.clone() for p in discriminators.parameters()]
+    for p in discriminators.parameters():
         p.grad = None
     for p in scenario.model.parameters():
         p.grad = None
     # The discriminator gradients come from the discriminator loss alone: recompute it directly.
-    from mtlda.losses.adversarial import discriminator_loss, source_depth_range
-
     torch.set_rng_state(rng)
     with torch.no_grad():
         sp, tp = scenario.model(src.image), scenario.model(tgt.image)
-    span = source_depth_range(src.targets["depth"], src.masks["depth"], cfg.tasks.depth_inv_scale)
-    loss, _ = discriminator_loss(scenario.discriminators, scenario._inputs(sp, span, (64, 128)),
-                                 scenario._inputs(tp, span, (64, 128)))
+    contexts = {name: task.discriminator_context(src) for name, task in scenario.tasks.items()}
+    loss, _ = discriminator_loss(discriminators, scenario._inputs(sp, contexts, (64, 128)),
+                                 scenario._inputs(tp, contexts, (64, 128)))
     loss.backward()
-    for g, p in zip(grads, scenario.discriminators.parameters()):
+    for g, p in zip(grads, discriminators.parameters()):
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
     source_only = tiny(tmp_path, "train.iterations=1", "uda.enabled=false")
     engine = Engine(source_only, tmp_path / "run2", torch.device("cpu"), show_progress=False)
@@ -77,4 +79,11 @@ def test_discriminators_step_only_on_their_loss_and_source_only_has_none(tmp_pat
     engine.attach(scenario)
     out = scenario.train_step(next(scenario.train_batches(0)), engine)
     assert not any(k.startswith(("adv/", "disc/")) for k in out.terms)
-    assert all(p.grad is None for p in scenario.discriminators.parameters())
+    assert all(p.grad is None for p in scenario.extra["discriminators"].parameters())
+
+
+def test_the_same_data_set_as_source_and_target_is_refused(tmp_path):
+    cfg = tiny(tmp_path, "train.iterations=1", "data.toycity.style=flat")
+    engine = Engine(cfg, tmp_path / "run", torch.device("cpu"), show_progress=False)
+    with pytest.raises(UserInputError, match="the same data set"):
+        UDAScenario(cfg, engine)

@@ -3,7 +3,7 @@
 A dataset's ``__getitem__`` returns a :class:`Sample` (unbatched tensors); :func:`collate` stacks samples into a
 :class:`Batch`. Consumers never mutate a batch: they build new tensors.
 
-Target conventions (per task name, see ``mtlda.constants.TASK_CODES``):
+Target conventions of the built-in tasks (per task name, see :mod:`mtlda.tasks`):
 
 * ``semseg``: (H, W) int64 class ids, ``IGNORE_INDEX`` where unlabelled.
 * ``depth``: (1, H, W) float32 metric depth in metres (z-depth); invalid pixels hold 0 and are False in the mask.

@@ -1,16 +1,9 @@
 """Output-level adversarial domain adaptation (paper appendix B.3, Eq. 7-10; ADVENT, DADA).
 
-Inputs of the discriminators, one function per task:
-
-* semseg: ADVENT's weighted self-information map -p log p / log C of the softmax (Eq. 10), C channels;
-* depth: the raw depth head output y = s / d (scaled inverse depth, what the head regresses), normalised with
-  the min and max of the *source* batch's ground truth in the same units, for source and target predictions
-  alike. Inverse depth is what DADA aligns; normalising the head's own quantity needs no division by a
-  prediction that may be near zero or negative early in training. Values are not clipped (target predictions
-  may fall outside [0, 1]) and, unlike the official code, not passed through a ReLU, so the discriminator can
-  see negative inverse depths;
-* normals: the L2-normalised prediction;
-* edges: the sigmoid edge probability.
+Inputs of the discriminators are defined by each task (``Task.discriminator_input``): the segmentation entropy map
+(:func:`entropy_map`, Eq. 10), the depth head's scaled inverse depth normalised by the source batch's ground-truth
+range (for source and target alike, not clipped, no ReLU unlike the official code), unit normals, edge
+probabilities.
 
 Labels follow the paper: source = 1, target = 0 (the official code swaps them, which is equivalent).
 
@@ -27,8 +20,8 @@ looked up by :func:`mtlda.models.discriminator.discriminator_key`.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +34,6 @@ TARGET_LABEL = 0.0
 FINAL_SCALE = 0
 
 PredKey = tuple[str, int]
-Number = float | Tensor
 
 
 def entropy_map(logits: Tensor) -> Tensor:
@@ -55,81 +47,6 @@ def entropy_map(logits: Tensor) -> Tensor:
     # Clamped so that a class whose probability underflows to 0 contributes 0 * finite, never 0 * -inf.
     log_p = F.log_softmax(logits.float(), dim=1).clamp_min(torch.finfo(torch.float32).min)
     return -log_p.exp() * log_p / math.log(logits.shape[1])
-
-
-def source_depth_range(target_depth: Tensor, mask: Tensor, inv_scale: float) -> tuple[Tensor, Tensor]:
-    """Min and max of the source ground truth in the depth head's units y = inv_scale / d.
-
-    target_depth (B, 1, H, W) metres, mask (B, 1, H, W) bool (pixels with depth <= 0 are also skipped)
-    -> (min, max) 0-dim tensors, min = inv_scale / farthest depth, max = inv_scale / nearest depth.
-    """
-    if target_depth.ndim != 4 or target_depth.shape[1] != 1:
-        raise ValueError(f"source_depth_range expects (B, 1, H, W) depth in metres, got {tuple(target_depth.shape)}")
-    if mask.shape != target_depth.shape or mask.dtype != torch.bool:
-        raise ValueError(
-            f"source_depth_range expects a bool mask shaped like the depth {tuple(target_depth.shape)}, got "
-            f"{mask.dtype} {tuple(mask.shape)}"
-        )
-    if inv_scale <= 0:
-        raise ValueError(f"inv_scale must be positive (tasks.depth.inv_scale), got {inv_scale}")
-    valid = mask & (target_depth > 0)
-    if not bool(valid.any()):
-        raise ValueError("the source batch has no valid depth pixel: cannot compute the depth normalisation range")
-    inverse = inv_scale / target_depth[valid]
-    low, high = inverse.min(), inverse.max()
-    if not bool(high > low):
-        raise ValueError("the source batch's valid depths are all equal: the depth normalisation range is empty")
-    return low, high
-
-
-def normalise_depth(depth_pred: Tensor, source_min: Number, source_max: Number) -> Tensor:
-    """(y - min) / (max - min) with the source range from :func:`source_depth_range`, not clipped.
-
-    depth_pred (B, 1, H, W) raw head output y = s / d -> (B, 1, H, W).
-    """
-    if depth_pred.ndim != 4 or depth_pred.shape[1] != 1:
-        raise ValueError(f"normalise_depth expects a (B, 1, H, W) depth prediction, got {tuple(depth_pred.shape)}")
-    span = source_max - source_min
-    if bool(torch.as_tensor(span).le(0).any()):
-        raise ValueError(f"normalise_depth needs source_max > source_min, got {source_min} and {source_max}")
-    return (depth_pred - source_min) / span
-
-
-def unit_normals(pred: Tensor) -> Tensor:
-    """Raw normals prediction (B, 3, H, W) -> unit vectors (B, 3, H, W) along the channel axis."""
-    if pred.ndim != 4 or pred.shape[1] != 3:
-        raise ValueError(f"unit_normals expects a (B, 3, H, W) normals prediction, got {tuple(pred.shape)}")
-    return F.normalize(pred, dim=1)
-
-
-def discriminator_input(
-    task_name: str,
-    pred_raw: Tensor,
-    source_range: tuple[Number, Number] | None = None,
-    out_size: tuple[int, int] | None = None,
-) -> Tensor:
-    """The map a task's discriminator reads, from a raw head output (B, C, h, w).
-
-    When ``out_size`` (H, W) is given the raw output is first upsampled to it (bilinear, align_corners=False).
-    ``source_range`` (min, max) from :func:`source_depth_range` is required for depth.
-    Returns semseg (B, C, H, W) entropy map; depth (B, 1, H, W) normalised; normals (B, 3, H, W) unit;
-    edges (B, 1, H, W) probability.
-    """
-    if out_size is not None and tuple(pred_raw.shape[-2:]) != tuple(out_size):
-        pred_raw = F.interpolate(pred_raw, size=tuple(out_size), mode="bilinear", align_corners=False)
-    if task_name == "semseg":
-        return entropy_map(pred_raw)
-    if task_name == "depth":
-        if source_range is None:
-            raise ValueError("discriminator_input('depth', ...) needs source_range from source_depth_range()")
-        return normalise_depth(pred_raw, *source_range)
-    if task_name == "normals":
-        return unit_normals(pred_raw)
-    if task_name == "edges":
-        return torch.sigmoid(pred_raw)
-    raise ValueError(
-        f"no discriminator input is defined for task {task_name!r}; choose one of: depth, edges, normals, semseg"
-    )
 
 
 @contextmanager

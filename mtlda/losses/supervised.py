@@ -1,7 +1,9 @@
 """Supervised task losses and the paper's multi-scale multi-task objective (Eq. 6 of the supplementary).
 
 Every loss averages over its valid pixels only, is exactly invariant to the values (prediction and target) at
-masked or ignored pixels, and returns a zero that keeps the autograd graph when no pixel is valid.
+masked or ignored pixels, and returns a zero that keeps the autograd graph when no pixel is valid. Under torchrun
+the means are over the valid pixels of the *global* batch (counts and the berHu threshold are reduced over ranks,
+:mod:`mtlda.distributed`), so the averaged gradients equal those of one process on the whole batch.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mtlda.constants import EDGE_POS_WEIGHT, IGNORE_INDEX
+from mtlda.distributed import global_denominator, global_max
 
 # berHu threshold c as a fraction of the largest absolute error over the valid pixels of the batch.
 BERHU_THRESHOLD_FRACTION = 0.2
@@ -24,9 +27,10 @@ def upsample_to(pred: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def _masked_mean(per_pixel: Tensor, valid: Tensor) -> Tensor:
-    """Mean of per_pixel over valid (same shape); 0 (graph kept) when nothing is valid."""
+    """Mean of per_pixel over valid (same shape), over the global batch; 0 (graph kept) when nothing is valid."""
     total = torch.where(valid, per_pixel, torch.zeros_like(per_pixel)).sum()
-    return total / valid.sum().clamp_min(1)
+    denominator = global_denominator(valid.sum())
+    return total / torch.where(denominator > 0, denominator, torch.ones_like(denominator)).to(total.dtype)
 
 
 def _check_same_shape(pred: Tensor, target: Tensor, mask: Tensor, channels: int) -> None:
@@ -58,7 +62,7 @@ def berhu_loss(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     """
     _check_same_shape(pred, target, mask, 1)
     error = torch.where(mask, (pred - target).abs(), torch.zeros_like(pred))
-    c = BERHU_THRESHOLD_FRACTION * error.detach().max()
+    c = BERHU_THRESHOLD_FRACTION * global_max(error.max())
     c_safe = c.clamp_min(torch.finfo(error.dtype).tiny)
     quadratic = (error**2 + c**2) / (2 * c_safe)
     return _masked_mean(torch.where(error <= c, error, quadratic), mask)
@@ -84,7 +88,8 @@ def weighted_edge_bce(logits: Tensor, target: Tensor, mask: Tensor, pos_weight: 
     clean_target = torch.where(mask, target, torch.zeros_like(target))
     per_pixel = F.binary_cross_entropy_with_logits(clean_logits, clean_target, reduction="none")
     weight = torch.where(mask, pos_weight * clean_target + (1 - pos_weight) * (1 - clean_target), 0.0)
-    return (per_pixel * weight).sum() / weight.sum().clamp_min(torch.finfo(weight.dtype).tiny)
+    denominator = global_denominator(weight.sum()).clamp_min(torch.finfo(weight.dtype).tiny)
+    return (per_pixel * weight).sum() / denominator.to(weight.dtype)
 
 
 def multiscale_objective(

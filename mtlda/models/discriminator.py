@@ -4,17 +4,16 @@ One discriminator is trained per (task, scale) pair: it reads a task's processed
 normalised depth, unit normals or edge probabilities, see :mod:`mtlda.losses.adversarial`) and returns one
 domain logit per 32x32 patch.
 
-Deviations from the official DenseMTL code, on purpose:
-
-* no random horizontal flip as the first layer (the official code flips the whole batch inside the model, in
-  evaluation too); augmentation belongs to the data pipeline;
-* spectral normalisation is optional (off by default, as in ADVENT and as the paper describes it).
+The official DenseMTL discriminator flips its whole input batch at random (p = 0.5) as a first layer and
+spectral-normalises every convolution; both are options here (``flip_input``, ``spectral_norm``; the paper's UDA
+experiments turn both on), off by default as in ADVENT. The flip applies in training mode only.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as apply_spectral_norm
 
@@ -32,9 +31,11 @@ class PatchDiscriminator(nn.Module):
     """Five 4x4 stride-2 convolutions (b, 2b, 4b, 8b, 1 channels) with LeakyReLU(0.2) between them.
 
     Input (B, in_channels, H, W) with H, W >= 32; output (B, 1, H/32, W/32) raw domain logits (no activation).
+    ``flip_input``: in training mode the whole input batch is mirrored left-right with probability 0.5.
     """
 
-    def __init__(self, in_channels: int, base_channels: int = 64, spectral_norm: bool = False) -> None:
+    def __init__(self, in_channels: int, base_channels: int = 64, spectral_norm: bool = False,
+                 flip_input: bool = False) -> None:
         super().__init__()
         if in_channels < 1 or base_channels < 1:
             raise ValueError(
@@ -42,6 +43,7 @@ class PatchDiscriminator(nn.Module):
                 f"base_channels={base_channels}"
             )
         self.in_channels = in_channels
+        self.flip_input = flip_input
         widths = [in_channels] + [base_channels * 2**i for i in range(NUM_DOWNSAMPLINGS - 1)] + [1]
         convs = []
         for c_in, c_out in zip(widths[:-1], widths[1:]):
@@ -60,6 +62,8 @@ class PatchDiscriminator(nn.Module):
                 f"PatchDiscriminator needs inputs of at least {OUTPUT_STRIDE}x{OUTPUT_STRIDE} pixels, got "
                 f"{tuple(x.shape[-2:])}; upsample the prediction to the input resolution first"
             )
+        if self.flip_input and self.training and bool(torch.rand(()) < 0.5):
+            x = x.flip(-1)
         for conv in self.convs[:-1]:
             x = self.activation(conv(x))
         return self.convs[-1](x)
@@ -70,6 +74,7 @@ def build_discriminators(
     scales: Sequence[int],
     spectral_norm: bool = False,
     base_channels: int = 64,
+    flip_input: bool = False,
 ) -> nn.ModuleDict:
     """One :class:`PatchDiscriminator` per (task, scale), keyed ``discriminator_key(task, scale)``.
 
@@ -85,7 +90,8 @@ def build_discriminators(
         raise ValueError(f"scales must be distinct non-negative integers, got {list(scales)}")
     return nn.ModuleDict(
         {
-            discriminator_key(task, scale): PatchDiscriminator(task_channels[task], base_channels, spectral_norm)
+            discriminator_key(task, scale): PatchDiscriminator(task_channels[task], base_channels, spectral_norm,
+                                                               flip_input)
             for task in sorted(task_channels)
             for scale in sorted(scales)
         }

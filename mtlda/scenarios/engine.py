@@ -1,15 +1,19 @@
 """The training engine shared by every scenario: loop, optimisers, schedules, AMP, DDP, checkpoints, logging.
 
-A scenario (supervised, UDA, SDE) subclasses :class:`Scenario` and supplies its modules, its parameter groups,
-its batches, one training step and a validation pass. The engine owns everything else, so no scenario writes
-its own loop.
+A scenario (supervised, UDA, SDE) subclasses :class:`~mtlda.scenarios.dense.DenseScenario` (the contract is
+:class:`Scenario`) and supplies its modules, its parameter groups, its batches, one training step and a validation
+pass. The engine owns everything else, so no scenario writes its own loop.
+
+Guarantees: a run is a function of its config and seed; ``--resume`` from any checkpoint (validation iterations
+included) continues exactly the uninterrupted run (validation and image panels never draw from the training RNG
+streams); Ctrl-C / SIGTERM finish the current step, save ``last.pt`` and stop; checkpoints are written atomically
+and loaded as data only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import signal
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,25 +21,29 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from mtlda.config import save_config, to_dict
+from mtlda.distributed import DistInfo, PeerFailure, all_reduce_mean, gather_objects, is_peer_failure
+from mtlda.errors import MtldaError, UserInputError
 from mtlda.scenarios.checkpoint import (
     CheckpointError,
+    isolated_rng,
     load_checkpoint,
     rng_state,
-    save_atomic,
+    save_checkpoint,
     seed_everything,
     set_rng_state,
 )
-from mtlda.scenarios.distributed import DistInfo
-from mtlda.scenarios.optim import build_optimizer, build_scheduler
+from mtlda.scenarios.interrupts import Interrupted, StopRequest
+from mtlda.scenarios.optim import build_optimizer, build_scheduler, lr_factor
+from mtlda.scenarios.resume_check import check_resume_config
 from mtlda.schema import ExperimentConfig, OptimConfig
 
 
-class TrainingError(RuntimeError):
+class TrainingError(MtldaError, RuntimeError):
     """Training cannot go on (a non-finite loss, say); the message says what happened and what to try."""
 
 
@@ -50,14 +58,15 @@ class OptimizerSpec:
 
 @dataclass
 class StepOutput:
-    """What a training step reports: scalar terms to log (detached) and the main loss for the progress bar."""
+    """What a training step reports: detached 0-dim terms to log and the main loss (moved to the host only when
+    logged, so a step costs one host synchronisation: the finiteness check of ``loss``)."""
 
-    terms: dict[str, float]
-    loss: float
+    terms: dict[str, Tensor]
+    loss: Tensor
 
 
 class Scenario:
-    """What a scenario supplies to the :class:`Engine`."""
+    """What a scenario supplies to the :class:`Engine` (implemented by ``DenseScenario``)."""
 
     def modules(self) -> dict[str, nn.Module]:
         """Named modules saved in checkpoints (e.g. ``model``, ``discriminators``)."""
@@ -78,7 +87,8 @@ class Scenario:
         """Metrics on the validation split, named ``task/metric`` (plus ``delta`` for multi-task runs)."""
         raise NotImplementedError
 
-    def higher_is_better(self, metric: str) -> bool:
+    def selection(self) -> tuple[str, bool]:
+        """(metric that selects ``best.pt``, whether higher is better), checked before training starts."""
         raise NotImplementedError
 
     def image_panels(self, engine: "Engine") -> dict[str, torch.Tensor]:
@@ -86,7 +96,21 @@ class Scenario:
         return {}
 
     def wrap_for_distributed(self, engine: "Engine") -> None:
-        """Wrap trainable modules in DistributedDataParallel (called once when the world size is > 1)."""
+        """Prepare modules for several processes (called once when the world size is > 1)."""
+
+    def synchronise_gradients(self, engine: "Engine") -> None:
+        """Average over ranks the gradients that DDP does not (called after every backward, before clipping)."""
+
+    def metadata(self) -> dict[str, Any]:
+        """Task and class metadata stored in checkpoints."""
+        return {}
+
+
+def _describe_checkpoint(path: Path, iteration: int | None) -> str:
+    if iteration is not None:
+        return f"{path} holds iteration {iteration}"
+    return f"no checkpoint has been written yet ({path} does not exist)" if not path.is_file() else \
+        f"{path} is from before this session"
 
 
 @dataclass
@@ -105,14 +129,18 @@ class Engine:
         self.scenario: Scenario | None = None
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
-        self.clip: dict[str, float] = {}
-        amp = self.cfg.train.amp
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg.train.amp_dtype)
-        if amp and self.amp_dtype is None:
-            raise ValueError(f"train.amp_dtype must be bf16 or fp16, got {self.cfg.train.amp_dtype!r}")
-        self.use_amp = amp
+        self.specs: dict[str, OptimizerSpec] = {}
+        self.saved: dict[str, int] = {}
+        self.selection_metric: tuple[str, bool] | None = None
+        cfg = self.cfg.train
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp_dtype)
+        if cfg.amp and self.amp_dtype is None:
+            raise UserInputError(f"train.amp_dtype must be bf16 or fp16, got {cfg.amp_dtype!r}")
+        if cfg.amp and self.amp_dtype == torch.float16 and self.device.type != "cuda":
+            raise UserInputError("fp16 autocast needs a CUDA GPU (loss scaling); on the CPU use train.amp_dtype=bf16")
+        self.use_amp = cfg.amp
         self.scaler = torch.amp.GradScaler(
-            self.device.type, enabled=amp and self.amp_dtype == torch.float16 and self.device.type == "cuda"
+            self.device.type, enabled=cfg.amp and self.amp_dtype == torch.float16 and self.device.type == "cuda"
         )
 
     @property
@@ -125,9 +153,10 @@ class Engine:
         total = self.cfg.train.iterations
         for name, spec in scenario.optimizers().items():
             opt = build_optimizer(spec.groups, spec.settings)
+            self.specs[name] = spec
             self.optimizers[name] = opt
             self.schedulers[name] = build_scheduler(opt, spec.settings, total)
-            self.clip[name] = spec.settings.grad_clip if spec.clip else 0.0
+        self.selection_metric = scenario.selection()
         if self.dist.enabled:
             scenario.wrap_for_distributed(self)
 
@@ -137,33 +166,39 @@ class Engine:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def backward(self, loss: torch.Tensor) -> None:
+    def backward(self, loss: Tensor) -> None:
         self.scaler.scale(loss).backward()
 
-    def _check_finite(self, out: StepOutput) -> None:
-        bad = {k: v for k, v in out.terms.items() if not math.isfinite(v)}
-        if bad or not math.isfinite(out.loss):
-            raise TrainingError(
-                f"non-finite loss at iteration {self.iteration}: {bad or {'loss': out.loss}}; "
-                f"{self.workdir / 'last.pt'} holds the last good state: lower the learning rates "
-                "(optim.lr.*), keep optim.grad_clip > 0 or check the data, then run again with --resume"
-            )
-
     def _optimizer_step(self) -> None:
+        assert self.scenario is not None
+        self.scenario.synchronise_gradients(self)
         for name, opt in self.optimizers.items():
-            if self.clip[name] > 0:
+            clip = self.specs[name].settings.grad_clip if self.specs[name].clip else 0.0
+            if clip > 0:
                 self.scaler.unscale_(opt)
                 params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
-                torch.nn.utils.clip_grad_norm_(params, self.clip[name])
+                torch.nn.utils.clip_grad_norm_(params, clip)
             self.scaler.step(opt)
         self.scaler.update()
         for name, opt in self.optimizers.items():
             opt.zero_grad(set_to_none=True)
             self.schedulers[name].step()
 
+    def _apply_learning_rates(self) -> None:
+        """Base learning rates from the config (after a resume that allowed changing them)."""
+        for name, opt in self.optimizers.items():
+            settings = self.specs[name].settings
+            scheduler = self.schedulers[name]
+            factor = lr_factor(settings, self.iteration, self.cfg.train.iterations)
+            base = [settings.lr[group["name"]] for group in opt.param_groups]
+            scheduler.base_lrs = list(base)
+            for group, lr in zip(opt.param_groups, base):
+                group["initial_lr"] = lr
+                group["lr"] = lr * factor
+
     # ----------------------------------------------------------------------------------- checkpoints
-    def state(self, rng: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Everything a resumed run needs; ``rng`` overrides the current RNG state (used after a Ctrl-C)."""
+    def state(self) -> dict[str, Any]:
+        """Everything a resumed run needs (every rank's RNG state, gathered to rank 0)."""
         assert self.scenario is not None
         return {
             "iteration": self.iteration,
@@ -171,15 +206,18 @@ class Engine:
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
             "scaler": self.scaler.state_dict(),
-            "rng": rng or rng_state(),
+            "rng": gather_objects(rng_state()),
             "best": dict(self.best),
             "config": to_dict(self.cfg),
+            "metadata": self.scenario.metadata(),
         }
 
-    def save(self, name: str = "last.pt", rng: dict[str, Any] | None = None) -> Path:
+    def save(self, name: str = "last.pt") -> Path:
         path = self.workdir / name
+        state = self.state()
         if self.is_main:
-            save_atomic(self.state(rng), path)
+            save_checkpoint(state, path)
+            self.saved[name] = self.iteration
         return path
 
     def load_modules(self, ckpt: Mapping[str, Any], names: Sequence[str] | None = None) -> None:
@@ -198,17 +236,23 @@ class Engine:
                     "use the experiment file and --set options the checkpoint was trained with"
                 ) from None
 
-    def resume(self, path: Path) -> None:
+    def resume(self, path: Path, allow_changed: Sequence[str] = ()) -> dict[str, tuple[Any, Any]]:
+        """Continue the run of ``path``; returns the config changes that were allowed."""
         ckpt = load_checkpoint(path, self.device)
+        changes = check_resume_config(ckpt.get("config", {}), self.cfg, allow_changed)
         self.load_modules(ckpt)
         for key, opt in self.optimizers.items():
             opt.load_state_dict(ckpt["optimizers"][key])
         for key, sched in self.schedulers.items():
             sched.load_state_dict(ckpt["schedulers"][key])
         self.scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state(ckpt["rng"])
+        states = ckpt["rng"]
+        set_rng_state(states[self.dist.rank] if self.dist.rank < len(states) else states[0])
         self.iteration = int(ckpt["iteration"])
         self.best = dict(ckpt.get("best", {}))
+        self.saved["last.pt"] = self.iteration
+        self._apply_learning_rates()
+        return changes
 
     # -------------------------------------------------------------------------------------- logging
     def log_scalars(self, prefix: str, values: Mapping[str, float]) -> None:
@@ -219,106 +263,144 @@ class Engine:
 
     def _log_images(self) -> None:
         assert self.scenario is not None
-        if self.writer is None:
+        with isolated_rng():
+            panels = self.scenario.image_panels(self)
+        if self.writer is not None:
+            for name, image in panels.items():
+                self.writer.add_image(name, image.clamp(0, 1), self.iteration)
+
+    def _log_training(self, out: StepOutput, seconds: float, bar: tqdm) -> None:
+        """Global (rank-averaged) loss terms and learning rates; one host transfer."""
+        names = sorted(out.terms)
+        values = all_reduce_mean([torch.stack([out.terms[n].detach().float() for n in names])])[0].tolist()
+        terms = dict(zip(names, values))
+        if not self.is_main:
             return
-        for name, image in self.scenario.image_panels(self).items():
-            self.writer.add_image(name, image.clamp(0, 1), self.iteration)
+        self.log_scalars("train", terms)
+        self.log_scalars("time", {"iteration_s": seconds})
+        lrs = {}
+        for name, opt in self.optimizers.items():
+            group_lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+            self.log_scalars(f"lr/{name}", group_lrs)
+            lrs.update({f"{name}/{k}" if len(self.optimizers) > 1 else k: v for k, v in group_lrs.items()})
+        shown = {k.split("/")[0]: v for k, v in terms.items() if k.endswith("/weighted")}
+        bar.set_postfix_str(" ".join([f"loss {terms.get('total', float('nan')):.4g}"]
+                                     + [f"{k} {v:.3g}" for k, v in shown.items()]
+                                     + [f"lr {max(lrs.values()):.2e}"] if lrs else []))
 
     # ------------------------------------------------------------------------------------- the loop
     def validate(self) -> dict[str, float]:
         assert self.scenario is not None
-        metrics = self.scenario.validate(self)
-        if self.is_main:
-            self.log_scalars("val", metrics)
-            self._update_best(metrics)
+        with isolated_rng():
+            metrics = self.scenario.validate(self)
+        self.log_scalars("val", metrics)
+        self._update_best(metrics)
         return metrics
 
     def _update_best(self, metrics: Mapping[str, float]) -> None:
-        assert self.scenario is not None
-        key = self.cfg.train.selection_metric
-        if key not in metrics:
+        """Write ``best.pt`` when the selection metric improved (every rank decides alike: metrics are global)."""
+        assert self.selection_metric is not None
+        key, better = self.selection_metric
+        value = metrics.get(key)
+        if value is None or not math.isfinite(value):
             return
-        value = metrics[key]
-        better = self.scenario.higher_is_better(key)
         old = self.best.get("value")
         if old is None or (value > old if better else value < old):
             self.best = {"metric": key, "value": value, "iteration": self.iteration}
             self.save("best.pt")
 
-    def fit(self, scenario: Scenario, resume: bool = False) -> dict[str, float]:
+    def _check_finite(self, out: StepOutput) -> None:
+        if bool(torch.isfinite(out.loss)):
+            return
+        bad = {k: float(v) for k, v in out.terms.items() if not math.isfinite(float(v))}
+        last = self.workdir / "last.pt"
+        raise TrainingError(
+            f"non-finite loss at iteration {self.iteration + 1} ({bad or {'loss': float(out.loss)}}); nothing was "
+            f"saved from it: {_describe_checkpoint(last, self.saved.get('last.pt'))}; lower the learning rates "
+            "(optim.lr.*), keep optim.grad_clip > 0 or check the data, then --resume (or start again if the "
+            "losses before it were already diverging)"
+        )
+
+    def _prepare_workdir(self, resume: bool) -> None:
+        if self.workdir.exists() and not self.workdir.is_dir():
+            raise UserInputError(f"--workdir {self.workdir} is a file, not a folder: choose another --workdir")
+        try:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            probe = self.workdir / f".write-test-{self.dist.rank}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as err:
+            raise UserInputError(f"cannot write into the run folder {self.workdir} ({err.strerror or err}); "
+                                 "choose a writable --workdir") from None
+
+    def fit(self, scenario: Scenario, resume: bool = False, allow_changed: Sequence[str] = ()) -> dict[str, float]:
         """Train to ``train.iterations`` (continuing ``last.pt`` with ``resume``) and validate at the end."""
         self.attach(scenario)
         cfg = self.cfg.train
         last = self.workdir / "last.pt"
+        if self.is_main:
+            self._prepare_workdir(resume)
         if resume:
             if not last.is_file():
                 raise CheckpointError(f"--resume: no {last} to continue from (run without --resume to start)")
-            self.resume(last)
+            self.resume(last, allow_changed)
         else:
             seed_everything(self.cfg.seed + self.dist.rank)
         if self.is_main:
-            self.workdir.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.workdir / "config.yaml")
             self.writer = SummaryWriter(str(self.workdir / "tb"))
-        metrics: dict[str, float] = {}
         if self.iteration >= cfg.iterations:
             return self.validate()
+        metrics: dict[str, float] = {}
         batches = scenario.train_batches(self.iteration)
         bar = tqdm(total=cfg.iterations, initial=self.iteration, disable=not (self.is_main and self.show_progress),
                    dynamic_ncols=True, desc=self.cfg.name)
-        interrupted = False
-        rng_at_step_start: dict[str, Any] | None = None
-        previous = signal.getsignal(signal.SIGTERM)
-        if self.is_main:
-            signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-        try:
-            while self.iteration < cfg.iterations:
-                tic = time.perf_counter()
-                rng_at_step_start = rng_state()
-                batch = next(batches)
-                out = scenario.train_step(batch, self)
-                self._check_finite(out)
-                self._optimizer_step()
-                self.iteration += 1
-                rng_at_step_start = None
-                bar.update(1)
-                if self.is_main and (self.iteration % cfg.log_every == 0 or self.iteration == 1):
-                    self.log_scalars("train", out.terms)
-                    self.log_scalars("time", {"iteration_s": time.perf_counter() - tic})
-                    for name, opt in self.optimizers.items():
-                        self.log_scalars(f"lr/{name}", {g["name"]: g["lr"] for g in opt.param_groups})
-                    bar.set_postfix(loss=f"{out.loss:.4f}")
-                if cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0:
-                    self.save()
-                if self.iteration % cfg.val_every == 0 or self.iteration == cfg.iterations:
-                    metrics = self.validate()
-                if self.is_main and cfg.image_every and (
-                    self.iteration % cfg.image_every == 0 or self.iteration == cfg.iterations
-                ):
-                    self._log_images()
-        except KeyboardInterrupt:
-            interrupted = True
-            for opt in self.optimizers.values():
-                opt.zero_grad(set_to_none=True)
-        finally:
-            bar.close()
-            if self.is_main:
-                signal.signal(signal.SIGTERM, previous)
-        self.save(rng=rng_at_step_start if interrupted else None)
+        with StopRequest() as stop:
+            try:
+                while self.iteration < cfg.iterations:
+                    tic = time.perf_counter()
+                    out = scenario.train_step(next(batches), self)
+                    self._check_finite(out)
+                    self._optimizer_step()
+                    self.iteration += 1
+                    bar.update(1)
+                    if self.iteration % cfg.log_every == 0 or self.iteration == 1:
+                        self._log_training(out, time.perf_counter() - tic, bar)
+                    if cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0:
+                        self.save()
+                    if (cfg.val_every and self.iteration % cfg.val_every == 0) or self.iteration == cfg.iterations:
+                        metrics = self.validate()
+                    if cfg.image_every and self.is_main and (
+                            self.iteration % cfg.image_every == 0 or self.iteration == cfg.iterations):
+                        self._log_images()
+                    if stop.agreed(self.device) and self.iteration < cfg.iterations:
+                        self.save()
+                        raise Interrupted(f"stopped by {stop.signal_name or 'a peer'} after iteration "
+                                          f"{self.iteration}; {last} saved (continue with --resume)")
+            except KeyboardInterrupt as err:
+                if isinstance(err, Interrupted):
+                    raise
+                raise Interrupted(f"stopped at once during iteration {self.iteration + 1} (second signal): "
+                                  f"nothing saved from it; {_describe_checkpoint(last, self.saved.get('last.pt'))}"
+                                  ) from None
+            except Exception as err:
+                if is_peer_failure(err):
+                    raise PeerFailure(
+                        f"a peer process of this torchrun run failed during iteration {self.iteration + 1} "
+                        f"({str(err).splitlines()[0][:120]}); {_describe_checkpoint(last, self.saved.get('last.pt'))}"
+                        ": restart every process with --resume") from None
+                raise
+            finally:
+                bar.close()
+        self.save()
         if self.writer is not None:
             self.writer.flush()
-        if interrupted:
-            raise KeyboardInterrupt(f"stopped at iteration {self.iteration}; {last} saved (continue with --resume)")
         return metrics
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
-
-
-def _raise_keyboard_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
 
 
 def unwrap(module: nn.Module) -> nn.Module:

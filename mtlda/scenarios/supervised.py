@@ -2,91 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
-from torch import nn
 
-from mtlda.data.batch import Batch, collate
-from mtlda.scenarios.common import (
-    build_model,
-    build_splits,
-    build_task_objects,
-    evaluate,
-    flatten_metrics,
-    prediction_panel,
-    supervised_loss,
-    task_names,
-    training_batches,
-    validation_loader,
-)
-from mtlda.scenarios.engine import Engine, OptimizerSpec, Scenario, StepOutput, unwrap
-from mtlda.scenarios.references import ReferenceBook
-from mtlda.schema import ExperimentConfig
-from mtlda.tasks import task_weights
+from mtlda.data.batch import Batch
+from mtlda.scenarios.dense import DenseScenario
+from mtlda.scenarios.engine import Engine, StepOutput
+from mtlda.scenarios.evaluation import task_losses
+from mtlda.scenarios.registry import register_scenario
 
 
-class SupervisedScenario(Scenario):
-    def __init__(self, cfg: ExperimentConfig, engine: Engine, train: bool = True) -> None:
-        self.cfg, self.engine = cfg, engine
-        self.names = task_names(cfg.tasks.names)
-        self.splits = build_splits(cfg.data, self.names, train_split=train)
-        self.tasks = build_task_objects(cfg, self.splits.info)
-        self.weights = task_weights(cfg.tasks)
-        self.model = build_model(cfg, self.tasks, engine.device)
-        if engine.dist.enabled and cfg.model.sync_bn:
-            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self.references = ReferenceBook(cfg, self.splits.info, self.tasks)
-        self._panel_batch: Batch | None = None
-        self.last_results: dict[str, dict[str, float]] = {}
+def weighted_total(losses: dict[str, torch.Tensor], weights: dict[str, float],
+                   terms: dict[str, torch.Tensor]) -> torch.Tensor:
+    """sum_t w_t L_t, recording ``<task>/weighted`` terms."""
+    weighted = {name: weights[name] * loss for name, loss in losses.items()}
+    terms.update({f"{name}/weighted": value.detach() for name, value in weighted.items()})
+    return torch.stack(list(weighted.values())).sum()
 
-    def modules(self) -> dict[str, nn.Module]:
-        return {"model": self.model}
 
-    def optimizers(self) -> dict[str, OptimizerSpec]:
-        return {"model": OptimizerSpec(unwrap(self.model).param_groups(), self.cfg.optim)}
-
-    def wrap_for_distributed(self, engine: Engine) -> None:
-        ids = [engine.device.index] if engine.device.type == "cuda" else None
-        self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-
-    def train_batches(self, start_iteration: int) -> Iterator[Batch]:
-        return training_batches(self.engine, self.splits.train, self.cfg.data, start_iteration)
+@register_scenario("supervised")
+class SupervisedScenario(DenseScenario):
+    """Every task supervised by its loss (Eq. 6 over its scales), combined with the task weights."""
 
     def train_step(self, batch: Batch, engine: Engine) -> StepOutput:
         batch = batch.to(engine.device, non_blocking=True)
         self.model.train()
         with engine.autocast():
             preds = self.model(batch.image)
-        total, terms = supervised_loss(preds, self.tasks, batch, self.weights)
+        losses, terms = task_losses(preds, self.tasks, batch)
+        total = weighted_total(losses, self.weights, terms)
         engine.backward(total)
+        terms["total"] = total.detach()
         return StepOutput(terms, terms["total"])
-
-    def evaluate_tasks(self, engine: Engine) -> dict[str, dict[str, float]]:
-        loader = validation_loader(engine, self.splits.val, self.cfg.data)
-        return evaluate(engine, self.model, self.tasks, loader)
-
-    def validate(self, engine: Engine) -> dict[str, float]:
-        results = self.evaluate_tasks(engine)
-        self.last_results = results
-        flat = flatten_metrics(results)
-        delta = self.references.delta(results)
-        if delta is not None:
-            flat["delta"] = delta
-        return flat
-
-    def higher_is_better(self, metric: str) -> bool:
-        if metric == "delta":
-            return True
-        task, _, name = metric.partition("/")
-        if task not in self.tasks or name not in self.tasks[task].higher_is_better:
-            raise ValueError(
-                f"train.selection_metric {metric!r} is not a metric of this run: use 'delta' or one of "
-                + ", ".join(f"{t}/{m}" for t, task_obj in self.tasks.items() for m in task_obj.higher_is_better)
-            )
-        return self.tasks[task].higher_is_better[name]
-
-    def image_panels(self, engine: Engine) -> dict[str, torch.Tensor]:
-        if self._panel_batch is None:
-            self._panel_batch = collate([self.splits.val[i] for i in range(min(4, len(self.splits.val)))])
-        return {"val/predictions": prediction_panel(self.model, self.tasks, self._panel_batch, engine)}

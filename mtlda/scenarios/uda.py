@@ -1,10 +1,11 @@
 """Multi-task unsupervised domain adaptation (paper section 4.5, appendix B.3, Eq. 7-9).
 
-Each step: the supervised multi-task loss on a labelled source batch, plus lambda_adv times the adversarial
-loss that asks one patch discriminator per (task, scale) to take the target batch's outputs for source ones
-(Eq. 8-9); then the discriminators learn source = 1 / target = 0 on detached outputs (Eq. 7). ``cfg.data`` is
-the target domain (validated on its validation split), ``cfg.uda.source`` the source domain. With
-``uda.enabled: false`` the same data and schedule train the source-only baseline.
+Each step: the supervised multi-task loss on a labelled source batch, plus lambda_adv times the adversarial loss
+that asks one patch discriminator per (task, scale) to take the target batch's outputs for source ones (Eq. 8-9);
+then the discriminators learn source = 1 / target = 0 on detached outputs (Eq. 7). ``cfg.data`` is the target
+domain (validated on its validation split), ``cfg.uda.source`` the source domain. With ``uda.enabled: false`` the
+same data and schedule train the source-only baseline. Under torchrun the network and the discriminators'
+gradients are averaged over ranks after each backward (the network runs twice per step, source and target).
 """
 
 from __future__ import annotations
@@ -16,91 +17,98 @@ from torch import Tensor, nn
 
 from mtlda.data.batch import Batch
 from mtlda.data.registry import dataset_info
-from mtlda.losses.adversarial import (
-    adversarial_generator_loss,
-    discriminator_input,
-    discriminator_loss,
-    source_depth_range,
-)
+from mtlda.errors import UserInputError
+from mtlda.losses.adversarial import adversarial_generator_loss, discriminator_loss
 from mtlda.models.discriminator import build_discriminators
-from mtlda.scenarios.common import build_splits, supervised_loss, training_batches
-from mtlda.scenarios.engine import Engine, OptimizerSpec, StepOutput, unwrap
-from mtlda.scenarios.references import ReferenceBook
-from mtlda.scenarios.supervised import SupervisedScenario
-from mtlda.schema import ExperimentConfig
+from mtlda.resize import resize_to
+from mtlda.scenarios.dense import DenseScenario
+from mtlda.scenarios.engine import Engine, OptimizerSpec, StepOutput
+from mtlda.scenarios.evaluation import task_losses
+from mtlda.scenarios.registry import register_scenario
+from mtlda.scenarios.supervised import weighted_total
 
 SOURCE_SEED_OFFSET = 0
 TARGET_SEED_OFFSET = 7919
 
 
-class UDAScenario(SupervisedScenario):
-    def __init__(self, cfg: ExperimentConfig, engine: Engine, train: bool = True) -> None:
-        super().__init__(cfg, engine, train)
-        self.source = build_splits(cfg.uda.source, self.names, train_split=train) if train else None
-        if self.source is not None and self.source.info.num_classes != self.splits.info.num_classes:
-            raise ValueError(
-                f"source and target class sets differ ({self.source.info.num_classes} vs "
-                f"{self.splits.info.num_classes} classes): set uda.source.classes and data.classes to one shared set"
-            )
+@register_scenario("uda")
+class UDAScenario(DenseScenario):
+    ddp_model = False
+
+    def check_config(self, train: bool) -> None:
+        cfg = self.cfg
         missing = [s for s in cfg.uda.adv_scales if s not in cfg.model.scales]
         if missing:
-            raise ValueError(f"uda.adv_scales {missing} are not network outputs (model.scales {cfg.model.scales})")
-        channels = {name: task.out_channels for name, task in self.tasks.items()}
-        self.discriminators = build_discriminators(channels, cfg.uda.adv_scales, cfg.uda.spectral_norm).to(engine.device)
-        self.adv_keys = [(t, s) for t in sorted(self.tasks) for s in sorted(cfg.uda.adv_scales)]
-        source_name = dataset_info(cfg.uda.source).name
-        self.references = ReferenceBook(cfg, self.splits.info, self.tasks, context=f"uda from {source_name}")
+            raise UserInputError(f"uda.adv_scales {missing} are not network outputs (model.scales {cfg.model.scales})")
+        if dataset_info(cfg.uda.source).name == dataset_info(cfg.data).name:
+            raise UserInputError(
+                f"uda: the source (uda.source) and the target (data) are the same data set "
+                f"({dataset_info(cfg.data).name}): adapt between two domains, e.g. toycity styles flat -> textured, "
+                "or --src synthia --tgt cityscapes"
+            )
 
-    def modules(self) -> dict[str, nn.Module]:
-        return {"model": self.model, "discriminators": self.discriminators}
+    def build_extra_modules(self, train: bool) -> dict[str, nn.Module]:
+        cfg = self.cfg
+        self.source_split = self.build_split(cfg.uda.source, cfg.uda.source.train_split, True) if train else None
+        if train:
+            source_classes = dataset_info(cfg.uda.source).num_classes
+            if source_classes != self.info.num_classes:
+                raise UserInputError(
+                    f"source and target class sets differ ({source_classes} vs {self.info.num_classes} classes): "
+                    "set uda.source.classes and data.classes to one shared set"
+                )
+        self.adv_keys = [(t, s) for t in sorted(self.tasks) for s in sorted(cfg.uda.adv_scales)]
+        channels = {name: task.out_channels for name, task in self.tasks.items()}
+        discriminators = build_discriminators(channels, cfg.uda.adv_scales, cfg.uda.spectral_norm,
+                                              flip_input=cfg.uda.disc_flip)
+        return {"discriminators": discriminators.to(self.engine.device)}
+
+    def reference_setting(self) -> str:
+        source = dataset_info(self.cfg.uda.source).name
+        return f"from {source}, " + ("adapted" if self.cfg.uda.enabled else "source-only")
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
-        disc = replace(self.cfg.optim, name="adam", lr={"discriminators": self.cfg.uda.disc_lr},
-                       betas=list(self.cfg.uda.disc_betas), weight_decay=0.0, schedule="poly", grad_clip=0.0)
+        uda = self.cfg.uda
+        disc = replace(self.cfg.optim, name="adam", lr={"discriminators": uda.disc_lr}, betas=list(uda.disc_betas),
+                       weight_decay=0.0, schedule="poly", grad_clip=0.0)
         specs = super().optimizers()
-        specs["discriminators"] = OptimizerSpec({"discriminators": list(self.discriminators.parameters())}, disc,
-                                                clip=False)
+        specs["discriminators"] = OptimizerSpec(
+            {"discriminators": list(self.extra["discriminators"].parameters())}, disc, clip=False)
         return specs
 
-    def wrap_for_distributed(self, engine: Engine) -> None:
-        super().wrap_for_distributed(engine)
-        ids = [engine.device.index] if engine.device.type == "cuda" else None
-        self.discriminators = nn.parallel.DistributedDataParallel(self.discriminators, device_ids=ids)
-
     def train_batches(self, start_iteration: int) -> Iterator[tuple[Batch, Batch]]:
-        assert self.source is not None
-        src = training_batches(self.engine, self.source.train, self.cfg.uda.source, start_iteration,
-                               SOURCE_SEED_OFFSET)
-        tgt = training_batches(self.engine, self.splits.train, self.cfg.data, start_iteration, TARGET_SEED_OFFSET)
+        assert self.source_split is not None and self.train_split is not None
+        src = self.training_batches(self.source_split, self.cfg.uda.source, start_iteration, SOURCE_SEED_OFFSET)
+        tgt = self.training_batches(self.train_split, self.cfg.data, start_iteration, TARGET_SEED_OFFSET)
         return zip(src, tgt)
 
-    def _inputs(self, preds: dict[tuple[str, int], Tensor], depth_range, size) -> dict[tuple[str, int], Tensor]:
-        return {key: discriminator_input(key[0], preds[key].float(), depth_range if key[0] == "depth" else None,
-                                         out_size=size) for key in self.adv_keys}
+    def _inputs(self, preds: dict[tuple[str, int], Tensor], contexts: dict, size) -> dict[tuple[str, int], Tensor]:
+        return {(t, s): self.tasks[t].discriminator_input(resize_to(preds[(t, s)].float(), size), contexts[t])
+                for t, s in self.adv_keys}
 
     def train_step(self, batch: tuple[Batch, Batch], engine: Engine) -> StepOutput:
         src, tgt = (b.to(engine.device, non_blocking=True) for b in batch)
         self.model.train()
         with engine.autocast():
             src_preds = self.model(src.image)
-        sup, terms = supervised_loss(src_preds, self.tasks, src, self.weights)
+        losses, terms = task_losses(src_preds, self.tasks, src)
+        supervised = weighted_total(losses, self.weights, terms)
         if not self.cfg.uda.enabled:
-            engine.backward(sup)
+            engine.backward(supervised)
+            terms["total"] = supervised.detach()
             return StepOutput(terms, terms["total"])
-        depth_range = None
-        if "depth" in self.tasks:
-            depth_range = source_depth_range(src.targets["depth"], src.masks["depth"], self.cfg.tasks.depth_inv_scale)
+        contexts = {name: task.discriminator_context(src) for name, task in self.tasks.items()}
         with engine.autocast():
             tgt_preds = self.model(tgt.image)
-        tgt_inputs = self._inputs(tgt_preds, depth_range, tuple(tgt.image.shape[-2:]))
-        discriminators = unwrap(self.discriminators)
+        discriminators = self.extra["discriminators"]
+        tgt_inputs = self._inputs(tgt_preds, contexts, tuple(tgt.image.shape[-2:]))
         adv, adv_terms = adversarial_generator_loss(discriminators, tgt_inputs, self.cfg.uda.lambda_adv)
-        engine.backward(sup + adv)
-        src_inputs = self._inputs(src_preds, depth_range, tuple(src.image.shape[-2:]))
+        engine.backward(supervised + adv)
+        src_inputs = self._inputs(src_preds, contexts, tuple(src.image.shape[-2:]))
         disc, disc_terms = discriminator_loss(discriminators, src_inputs, tgt_inputs)
         engine.backward(disc)
-        terms.update({f"adv/{t}_s{s}": v.item() for (t, s), v in adv_terms.items()})
-        terms.update({f"disc/{t}_s{s}": v.item() for (t, s), v in disc_terms.items()})
-        terms["adv/weighted"] = adv.item()
-        terms["total"] = sup.item() + adv.item()
+        terms.update({f"adv/{t}_s{s}": v for (t, s), v in adv_terms.items()})
+        terms.update({f"disc/{t}_s{s}": v for (t, s), v in disc_terms.items()})
+        terms["adv/weighted"] = adv.detach()
+        terms["total"] = (supervised + adv).detach()
         return StepOutput(terms, terms["total"])

@@ -1,0 +1,40 @@
+"""Evaluate a checkpoint on a validation split and print the results table with its protocol.
+
+The checkpoint's own config (data set, tasks, model, protocol) is used; --set changes it, e.g. the split or the
+evaluation resolution. Labels are compared at data.val_height x data.val_width (set them to the label files'
+size, e.g. 1024x2048 for Cityscapes, to evaluate at full label resolution; predictions are upsampled to it).
+
+examples:
+  mtlda evaluate runs/toycity_sdn_mteb/s0/best.pt
+  mtlda evaluate ckpt.pt --set data.val_split=test --set data.val_height=1024 --set data.val_width=2048
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from mtlda.cli import print_config
+from mtlda.scenarios.runner import checkpoint_config, evaluate_and_report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="a checkpoint written by a training command (last.pt, best.pt)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key of the checkpoint's config (repeatable)")
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--workdir", help="where eval-<ckpt>.md/json go (default: the checkpoint's folder)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    args = parser.parse_args(argv)
+    overrides = list(args.overrides)
+    if args.device:
+        overrides.append(f"device={args.device}")
+    overrides.append(f"workdir={args.workdir or Path(args.checkpoint).resolve().parent}")
+    cfg = checkpoint_config(args.checkpoint, overrides)
+    if args.print_config:
+        print_config(cfg)
+        return 0
+    evaluate_and_report(cfg, args.checkpoint)
+    return 0

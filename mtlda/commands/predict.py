@@ -1,0 +1,51 @@
+"""Predict every task of a trained model on arbitrary images and write colour-coded results and arrays.
+
+Each image is resized to the model's training resolution (--size H W to choose another: metric depth depends on
+it), predicted, and the outputs resized back to the image's size. For each image IMG and task T it writes, into
+--out: IMG_T.png (colour-coded) and IMG_T.npy (the decoded map: class ids, metres, unit normals (3, H, W), edge
+probabilities; disp: metres up to scale).
+
+examples:
+  mtlda predict runs/toycity_sdn_mteb/s0/best.pt street.png --out predictions/
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mtlda.api import load_model
+from mtlda.data.io import write_image, write_npy
+from mtlda.errors import UserInputError
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """(3, H, W) float [0, 1] RGB -> (H, W, 3) uint8 RGB."""
+    return (image.clamp(0, 1) * 255 + 0.5).byte().permute(1, 2, 0).cpu().numpy()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="checkpoint of a trained model")
+    parser.add_argument("images", nargs="+", type=Path, help="image files (PNG, JPEG, ...)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    parser.add_argument("--size", nargs=2, type=int, metavar=("H", "W"),
+                        help="network input size (default: the model's training resolution)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    args = parser.parse_args(argv)
+    model = load_model(args.checkpoint, args.device)
+    size = tuple(args.size) if args.size else None
+    if args.out.exists() and not args.out.is_dir():
+        raise UserInputError(f"--out {args.out} is a file: give a folder")
+    for path in args.images:
+        out = model.predict(path, size=size)
+        stem = args.out / path.stem
+        for name, task in model.tasks.items():
+            write_image(stem.with_name(f"{stem.name}_{name}.png"), to_uint8(task.visualise(out.raw[name])[0]))
+            write_npy(stem.with_name(f"{stem.name}_{name}.npy"), out.maps[name].cpu().numpy())
+        print(f"{path} -> {stem}_*.png")
+    return 0

@@ -1,0 +1,237 @@
+"""Multi-process training under ``torchrun`` (NCCL on GPUs, gloo on CPUs): process group, devices, global batches,
+exact global reductions, synchronised BatchNorm on every backend, and clean teardown.
+
+What is equal to one process at the same global batch (tested): with ``model.sync_bn`` (BatchNorm statistics over
+the global batch, also on CPUs) and losses normalised by global counts (:func:`global_denominator`, used by every
+masked mean), the gradients, the updated parameters and the logged losses equal the single-process ones up to
+floating-point summation order. Not equal: dropout masks (each rank draws its own), and BatchNorm statistics
+without ``sync_bn`` (per-rank batches).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
+from torch import Tensor, nn
+
+from mtlda.errors import MtldaError, UserInputError
+
+
+class PeerFailure(MtldaError, RuntimeError):
+    """Another process of the run died or stopped answering (under torchrun)."""
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def init_distributed(device_type: str) -> DistInfo:
+    """Join the process group described by torchrun's environment (a no-op for a single process)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    rank = int(os.environ["RANK"])
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo", rank=rank, world_size=world)
+    if device_type == "cuda":
+        torch.cuda.set_device(local)
+    return DistInfo(rank, world, local)
+
+
+def shutdown_distributed() -> None:
+    """Wait for every rank, then leave the process group (so no rank exits while peers still talk to it)."""
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
+
+
+def resolve_device(name: str, info: DistInfo) -> torch.device:
+    """``auto`` is CUDA when available (the local rank's GPU under torchrun), else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserInputError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserInputError(f"device {name!r} is not supported: use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserInputError("device 'cuda' was requested but no CUDA GPU is visible (use --device cpu)")
+        if device.index is None:
+            device = torch.device("cuda", info.local_rank)
+        elif device.index >= torch.cuda.device_count():
+            raise UserInputError(f"device {name!r}: only {torch.cuda.device_count()} GPU(s) are visible")
+    return device
+
+
+def local_batch_size(global_batch: int, world: int, what: str = "data.batch_size") -> int:
+    """This rank's share of a global batch; a global batch that does not divide by the world size is an error."""
+    if global_batch % world:
+        raise UserInputError(
+            f"{what} {global_batch} is the global batch and must divide by the {world} processes of the run; "
+            f"use a multiple of {world}"
+        )
+    return global_batch // world
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank (``[obj]`` for one process)."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _collective_device(t: Tensor) -> Tensor:
+    return t.cuda() if dist.get_backend() == "nccl" and t.device.type != "cuda" else t
+
+
+def global_denominator(count: Tensor) -> Tensor:
+    """The local denominator of a mean over the global batch: (sum of ``count`` over ranks) / world size.
+
+    ``local_sum / global_denominator(local_count)`` averaged over ranks (as DDP averages gradients) is exactly
+    the mean over the global batch. One process: ``count`` itself. No gradient flows through counts.
+    """
+    count = count.detach().to(torch.float64)
+    if not is_distributed():
+        return count
+    total = _collective_device(count.clone())
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total.to(count.device) / dist.get_world_size()
+
+
+def global_max(value: Tensor) -> Tensor:
+    """The maximum of a 0-dim tensor over ranks (detached)."""
+    value = value.detach()
+    if not is_distributed():
+        return value
+    out = _collective_device(value.clone())
+    dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    return out.to(value.device)
+
+
+def global_min(value: Tensor) -> Tensor:
+    return -global_max(-value)
+
+
+def all_reduce_mean(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """The rank average of each tensor (one flattened all_reduce; the inputs are left unchanged)."""
+    if not tensors:
+        return []
+    if not is_distributed():
+        return [t.clone() for t in tensors]
+    flat = _collective_device(torch.cat([t.detach().reshape(-1).double() for t in tensors]))
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat = flat.to(tensors[0].device) / dist.get_world_size()
+    out, start = [], 0
+    for t in tensors:
+        out.append(flat[start:start + t.numel()].reshape(t.shape).to(t.dtype))
+        start += t.numel()
+    return out
+
+
+def average_gradients_(parameters: Iterable[nn.Parameter]) -> None:
+    """Replace every ``.grad`` by its average over ranks (one flattened all_reduce; params without grad get zeros
+    if another rank has one, so every rank makes the same call)."""
+    params = [p for p in parameters if p.requires_grad]
+    if not params or not is_distributed():
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    for param, grad in zip(params, all_reduce_mean(grads)):
+        param.grad = grad
+
+
+class GlobalBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are those of the global batch over all ranks, on any backend.
+
+    The per-channel sum, sum of squares and count are all-reduced with the differentiable
+    ``torch.distributed.nn.functional.all_reduce``, so gradients flow to every rank's inputs exactly as if one
+    process saw the whole batch. Outside training or without a process group it is a plain BatchNorm2d.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.training and is_distributed()):
+            return super().forward(x)
+        channels = x.shape[1]
+        stats = torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)),
+                           x.new_tensor([x.numel() / channels])])
+        stats = dist_nn.all_reduce(_collective_device(stats)).to(x.device)
+        count = stats[-1]
+        mean = stats[:channels] / count
+        var = (stats[channels:2 * channels] / count - mean * mean).clamp_min(0)
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+            self.running_mean.mul_(1 - momentum).add_(momentum * mean.detach())
+            unbiased = var.detach() * count / (count - 1).clamp_min(1)
+            self.running_var.mul_(1 - momentum).add_(momentum * unbiased)
+        shape = (1, channels, 1, 1)
+        out = (x - mean.reshape(shape)) * torch.rsqrt(var.reshape(shape) + self.eps)
+        return out * self.weight.reshape(shape) + self.bias.reshape(shape) if self.affine else out
+
+
+def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """``module`` with every BatchNorm2d replaced by :class:`GlobalBatchNorm2d` (weights and buffers kept)."""
+    if isinstance(module, nn.BatchNorm2d) and not isinstance(module, GlobalBatchNorm2d):
+        converted = GlobalBatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
+                                      module.track_running_stats)
+        converted.load_state_dict(module.state_dict())
+        converted.train(module.training)
+        return converted
+    for name, child in module.named_children():
+        setattr(module, name, convert_sync_batchnorm(child))
+    return module
+
+
+PEER_FAILURE_MARKERS = ("connection closed by peer", "connection reset by peer", "broken pipe",
+                        "gloo", "nccl", "socket", "timed out", "connectfullmesh")
+
+
+def is_peer_failure(error: BaseException) -> bool:
+    """Whether ``error`` is a collective failing because another rank died or hung (under torchrun)."""
+    if not is_distributed():
+        return False
+    if isinstance(error, getattr(dist, "DistBackendError", ())) or isinstance(error, getattr(dist, "DistError", ())):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and any(marker in text for marker in PEER_FAILURE_MARKERS)

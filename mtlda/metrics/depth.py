@@ -1,0 +1,99 @@
+"""Depth metrics (AbsRel, SqRel, RMSE, RMSE-log, delta < 1.25^k) under a named protocol."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from mtlda.geometry import median_scale
+from mtlda.metrics.base import StreamingMetric, full_mask
+from mtlda.resize import resize_to
+from mtlda.schema import DepthProtocol
+
+DEPTH_METRIC_NAMES = ("abs_rel", "sq_rel", "rmse", "rmse_log", "delta1", "delta2", "delta3")
+
+
+class DepthMetric(StreamingMetric):
+    """AbsRel, SqRel, RMSE (m), RMSE-log, delta < 1.25^k (%) under a :class:`DepthProtocol`.
+
+    Evaluated pixels: mask and min_depth < GT < max_depth. With ``median_scaling`` the prediction is multiplied per
+    image by median(GT) / median(prediction) over those pixels; then it is clamped into [min_depth, max_depth].
+    Per-pixel averaging pools all evaluated pixels of the split (RMSE = sqrt of the pooled mean squared error);
+    per-image averaging computes every metric per image and averages over images with at least one evaluated
+    pixel (per-image RMSE = mean of the per-image RMSEs, as the official DenseMTL code does).
+    """
+
+    def __init__(self, protocol: DepthProtocol | None = None) -> None:
+        self.protocol = protocol if protocol is not None else DepthProtocol()
+        if not 0 < self.protocol.min_depth < self.protocol.max_depth:
+            raise ValueError(
+                "depth protocol needs 0 < min_depth < max_depth, "
+                f"got {self.protocol.min_depth}, {self.protocol.max_depth}"
+            )
+        super().__init__()
+
+    def _new_state(self) -> dict[str, Tensor]:
+        return {
+            "sums": torch.zeros(len(DEPTH_METRIC_NAMES), dtype=torch.float64),
+            "count": torch.zeros((), dtype=torch.float64),
+        }
+
+    def update(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> None:
+        """pred (B, 1, h, w) metres; target (B, 1, H, W) metres; mask (B, 1, H, W) bool."""
+        if pred.ndim != 4 or pred.shape[1] != 1:
+            raise ValueError(f"depth prediction must have shape (B, 1, h, w), got {tuple(pred.shape)}")
+        p = self.protocol
+        pred = resize_to(pred, target.shape[-2:]).double()
+        gt = target.double()
+        valid = full_mask(target, mask) & (gt > p.min_depth) & (gt < p.max_depth)
+        if p.median_scaling:
+            pred = median_scale(pred, gt, valid)
+        pred = pred.clamp(p.min_depth, p.max_depth)
+        gt_safe = torch.where(valid, gt, torch.ones_like(gt))
+        ratio = torch.maximum(pred / gt_safe, gt_safe / pred)
+        per_pixel = torch.stack(
+            [
+                (pred - gt_safe).abs() / gt_safe,
+                (pred - gt_safe) ** 2 / gt_safe,
+                (pred - gt_safe) ** 2,
+                (pred.log() - gt_safe.log()) ** 2,
+                (ratio < 1.25).double(),
+                (ratio < 1.25**2).double(),
+                (ratio < 1.25**3).double(),
+            ]
+        )  # (7, B, 1, H, W)
+        per_pixel = torch.where(valid[None], per_pixel, torch.zeros_like(per_pixel))
+        self._follow(pred.device)
+        if p.per_image:
+            n = valid.flatten(1).sum(1).double()
+            means = per_pixel.flatten(2).sum(2) / n.clamp_min(1)  # (7, B)
+            means[2:4] = means[2:4].sqrt()
+            used = n > 0
+            self._state["sums"] += (means * used).sum(1)
+            self._state["count"] += used.sum()
+        else:
+            self._state["sums"] += per_pixel.flatten(1).sum(1)
+            self._state["count"] += valid.sum()
+
+    def compute(self) -> dict[str, float]:
+        count = self._state["count"].item()
+        if count == 0:
+            return {name: float("nan") for name in DEPTH_METRIC_NAMES}
+        means = (self._state["sums"] / count).tolist()
+        out = dict(zip(DEPTH_METRIC_NAMES, means))
+        if not self.protocol.per_image:
+            out["rmse"] = math.sqrt(out["rmse"])
+            out["rmse_log"] = math.sqrt(out["rmse_log"])
+        for k in ("delta1", "delta2", "delta3"):
+            out[k] *= 100
+        return out
+
+    def protocol_description(self) -> str:
+        p = self.protocol
+        return (
+            f"depth: GT in ({p.min_depth:g}, {p.max_depth:g}) m, prediction clamped to [{p.min_depth:g}, "
+            f"{p.max_depth:g}], median scaling {'per image' if p.median_scaling else 'off'}, "
+            f"{'per-image' if p.per_image else 'per-pixel'} averaging"
+        )

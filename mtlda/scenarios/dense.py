@@ -1,0 +1,230 @@
+"""The dense-scenario base: what the supervised, UDA and SDE scenarios share.
+
+:class:`DenseScenario` owns the tasks, the data splits, the model (built after seeding, so a run is a function of
+its seed), the single-task references, validation, image panels, the selection metric, synchronised BatchNorm, the
+multi-process set-up and the inference model. A scenario states only what differs: its heads, its training
+batches, its training step and its extra modules (discriminators, pose network).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from mtlda.data.batch import Batch, collate
+from mtlda.data.registry import DatasetInfo, build_dataset, dataset_info
+from mtlda.data.sampling import infinite_batches
+from mtlda.distributed import average_gradients_, convert_sync_batchnorm, local_batch_size
+from mtlda.errors import UserInputError
+from mtlda.models.decoder import HeadSpec
+from mtlda.models.network import MultiTaskNet, build_network
+from mtlda.references import ReferenceBook, ReferenceKey
+from mtlda.scenarios.checkpoint import seed_everything
+from mtlda.scenarios.engine import Engine, OptimizerSpec, Scenario, unwrap
+from mtlda.scenarios.evaluation import evaluate, flatten_metrics, prediction_panel
+from mtlda.schema import DataConfig, ExperimentConfig
+from mtlda.tasks import Task, build_tasks, task_weights
+
+PANEL_IMAGES = 4
+
+
+def input_size(data: DataConfig, train: bool) -> tuple[int, int]:
+    """(H, W) of the network input for training (the crop, if any) or evaluation."""
+    if train:
+        return (data.crop[0], data.crop[1]) if data.crop else (data.height, data.width)
+    return (data.val_height or data.height, data.val_width or data.width)
+
+
+def target_names(tasks: Mapping[str, Task]) -> list[str]:
+    """The targets a data set must provide to score ``tasks`` (e.g. ground-truth depth for ``disp``)."""
+    return sorted({task.target_name for task in tasks.values()})
+
+
+class DenseScenario(Scenario):
+    """Base of the dense scenarios. ``train=False`` builds what evaluation needs (no training split);
+    ``with_data=False`` builds no data split at all (prediction on arbitrary images)."""
+
+    name: ClassVar[str]
+    # Whether the network is wrapped in DistributedDataParallel under torchrun; scenarios that run it several
+    # times per step (UDA: source and target passes) average its gradients themselves instead.
+    ddp_model: ClassVar[bool] = True
+
+    def __init__(self, cfg: ExperimentConfig, engine: Engine, train: bool = True, with_data: bool = True) -> None:
+        self.cfg, self.engine, self.training = cfg, engine, train and with_data
+        seed_everything(cfg.seed)
+        self.check_config(train)
+        self.info: DatasetInfo = dataset_info(cfg.data)
+        self.tasks: dict[str, Task] = self.build_tasks()
+        self.weights = self.task_weights()
+        self.train_split: Dataset | None = None
+        self.val_split: Dataset | None = None
+        if with_data:
+            self.train_split = self.build_split(cfg.data, cfg.data.train_split, True) if train else None
+            self.val_split = self.build_split(cfg.data, cfg.data.val_split, False)
+        self.model: nn.Module = self.build_model()
+        self.extra: dict[str, nn.Module] = self.build_extra_modules(self.training)
+        if cfg.model.sync_bn and engine.dist.enabled:
+            self.extra = {name: convert_sync_batchnorm(module) for name, module in self.extra.items()}
+        self.references = ReferenceBook(cfg, self.reference_key(), self.tasks)
+        self.last_results: dict[str, dict[str, float]] = {}
+        self.last_details: dict[str, dict[str, Any]] = {}
+        self._panel_batch: Batch | None = None
+
+    # ------------------------------------------------------------------------------ what scenarios state
+    def check_config(self, train: bool) -> None:
+        """Raise UserInputError naming the key to fix when the config cannot run this scenario."""
+
+    def build_tasks(self) -> dict[str, Task]:
+        return build_tasks(self.cfg, self.info)
+
+    def task_weights(self) -> dict[str, float]:
+        return task_weights(self.cfg.tasks)
+
+    def heads(self) -> dict[str, HeadSpec]:
+        """Prediction heads by task: every task at ``model.scales``."""
+        scales = tuple(sorted(self.cfg.model.scales))
+        return {name: HeadSpec(task.out_channels, scales) for name, task in self.tasks.items()}
+
+    def build_extra_modules(self, train: bool) -> dict[str, nn.Module]:
+        """Modules besides the network (saved in checkpoints, gradients averaged over ranks by the scenario)."""
+        return {}
+
+    def reference_setting(self) -> str:
+        """What distinguishes this scenario's references beyond scenario and data set (e.g. the UDA source)."""
+        return ""
+
+    def train_step(self, batch: Any, engine: Engine):
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------------ set-up
+    def build_split(self, data: DataConfig, split: str, train: bool) -> Dataset:
+        targets = sorted(self.tasks) if train else target_names(self.tasks)
+        dataset = build_dataset(data, split, train=train, tasks=targets)
+        if not train and data.max_val_samples and len(dataset) > data.max_val_samples:
+            dataset = Subset(dataset, range(data.max_val_samples))
+        return dataset
+
+    def build_model(self) -> nn.Module:
+        model: MultiTaskNet = build_network(self.cfg.model, self.heads()).to(self.engine.device)
+        model.valid_input_size(*input_size(self.cfg.data, train=self.training))
+        if self.cfg.model.sync_bn and self.engine.dist.enabled:
+            model = convert_sync_batchnorm(model)
+        return model
+
+    def reference_key(self) -> ReferenceKey:
+        h, w = input_size(self.cfg.data, train=False)
+        return ReferenceKey(self.cfg.scenario, self.info.name, self.info.num_classes, f"{h}x{w}",
+                            self.reference_setting(), self.cfg.references.kind)
+
+    # ---------------------------------------------------------------------------- the engine contract
+    def modules(self) -> dict[str, nn.Module]:
+        return {"model": self.model, **self.extra}
+
+    def optimizers(self) -> dict[str, OptimizerSpec]:
+        return {"model": OptimizerSpec(unwrap(self.model).param_groups(), self.cfg.optim)}
+
+    def wrap_for_distributed(self, engine: Engine) -> None:
+        if self.ddp_model:
+            ids = [engine.device.index] if engine.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+
+    def synchronise_gradients(self, engine: Engine) -> None:
+        if not engine.dist.enabled:
+            return
+        modules = list(self.extra.values()) + ([] if self.ddp_model else [self.model])
+        average_gradients_(p for module in modules for p in module.parameters())
+
+    def training_batches(self, dataset: Dataset, data: DataConfig, start_iteration: int,
+                         seed_offset: int = 0) -> Iterator[Batch]:
+        """Batches of this rank's share of the global batch ``data.batch_size``, in a seed-determined order."""
+        dist = self.engine.dist
+        return infinite_batches(
+            dataset, local_batch_size(data.batch_size, dist.world_size), self.cfg.seed + seed_offset,
+            start_iteration, collate, workers=data.workers, rank=dist.rank, world=dist.world_size,
+            pin_memory=self.engine.device.type == "cuda",
+        )
+
+    def train_batches(self, start_iteration: int) -> Iterator[Any]:
+        assert self.train_split is not None
+        return self.training_batches(self.train_split, self.cfg.data, start_iteration)
+
+    def selection(self) -> tuple[str, bool]:
+        """``train.selection_metric`` checked against this run's metrics; ``delta`` without a full set of
+        references falls back to the first task's main metric, said once."""
+        key = self.cfg.train.selection_metric
+        if key == "delta":
+            if self.references.multitask and set(self.references.references()) == set(self.tasks):
+                return key, True
+            name, task = next(iter(self.tasks.items()))
+            fallback = f"{name}/{task.main_metric}"
+            why = ("no single-task references are recorded for this setting" if self.references.multitask
+                   else "this run has no multi-task delta")
+            if self.engine.is_main:
+                print(f"note: train.selection_metric is 'delta' but {why}; best.pt is selected by {fallback}",
+                      file=sys.stderr)
+            return fallback, task.higher_is_better[task.main_metric]
+        task_name, _, metric = key.partition("/")
+        if task_name not in self.tasks or metric not in self.tasks[task_name].higher_is_better:
+            valid = ", ".join(f"{t}/{m}" for t, obj in self.tasks.items() for m in obj.higher_is_better
+                              if not m.startswith("iou_"))
+            raise UserInputError(f"train.selection_metric {key!r} is not a metric of this run: use 'delta' or one "
+                                 f"of {valid}")
+        return key, self.tasks[task_name].higher_is_better[metric]
+
+    # -------------------------------------------------------------------------------------- evaluation
+    def validation_loader(self) -> DataLoader:
+        """This rank's share of the validation split (every sample exactly once over all ranks)."""
+        dataset, dist = self.val_split, self.engine.dist
+        assert dataset is not None, "built with with_data=False"
+        if dist.enabled:
+            dataset = Subset(dataset, range(dist.rank, len(dataset), dist.world_size))
+        data = self.cfg.data
+        return DataLoader(dataset, batch_size=data.val_batch_size, shuffle=False, num_workers=data.workers,
+                          collate_fn=collate, generator=torch.Generator())
+
+    def evaluate_tasks(self, engine: Engine) -> dict[str, dict[str, float]]:
+        """Metrics of every task on the validation split (also kept with their details, e.g. confusion)."""
+        metrics = evaluate(self.inference_model(), self.tasks, self.validation_loader(), engine.device,
+                           engine.autocast)
+        self.last_results = {name: metric.compute() for name, metric in metrics.items()}
+        self.last_details = {name: metric.details() for name, metric in metrics.items()}
+        return self.last_results
+
+    def validate(self, engine: Engine) -> dict[str, float]:
+        flat = flatten_metrics(self.evaluate_tasks(engine))
+        delta = self.references.delta(self.last_results)
+        if delta is not None:
+            flat["delta"], flat["delta_se"] = delta
+        return flat
+
+    def panel_batch(self) -> Batch:
+        assert self.val_split is not None, "built with with_data=False"
+        if self._panel_batch is None:
+            count = min(PANEL_IMAGES, len(self.val_split))
+            self._panel_batch = collate([self.val_split[i] for i in range(count)])
+        return self._panel_batch
+
+    def image_panels(self, engine: Engine) -> dict[str, Tensor]:
+        panel = prediction_panel(self.inference_model(), self.tasks, self.panel_batch(), engine.device,
+                                 engine.autocast)
+        return {"val/predictions": panel}
+
+    def inference_model(self) -> nn.Module:
+        """The network without multi-process wrappers (in whatever mode it is; evaluation sets eval())."""
+        return unwrap(self.model)
+
+    def metadata(self) -> dict[str, Any]:
+        h, w = input_size(self.cfg.data, train=True)
+        return {
+            "scenario": self.cfg.scenario,
+            "dataset": self.info.name,
+            "class_names": list(self.info.class_names),
+            "tasks": {name: {"code": t.code, "out_channels": t.out_channels} for name, t in self.tasks.items()},
+            "input_size": [h, w],
+        }
+

@@ -1,0 +1,104 @@
+"""Supervised depth: one channel regressing the scaled inverse depth, berHu on it, metric depth decoded exactly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mtlda.constants import DEPTH_INV_SCALE_DEFAULT
+from mtlda.data.batch import Batch
+from mtlda.distributed import global_max, global_min
+from mtlda.errors import UserInputError
+from mtlda.losses.supervised import berhu_loss, upsample_to
+from mtlda.metrics import DEPTH_METRIC_NAMES, DepthMetric
+from mtlda.schema import DepthProtocol
+from mtlda.tasks.base import Task
+from mtlda.tasks.registry import register_task
+from mtlda.visualise import colourise_depth
+
+# Smallest scaled inverse depth y accepted when decoding d = s / y - c (keeps d finite for y <= 0).
+MIN_INVERSE_DEPTH = 1e-6
+# Depth maps are drawn over [max_depth / DEPTH_VIS_RANGE, max_depth] of the evaluation protocol.
+DEPTH_VIS_RANGE = 100.0
+DEPTH_HIGHER_IS_BETTER = {name: name.startswith("delta") for name in DEPTH_METRIC_NAMES}
+DEPTH_COLUMNS = (("abs_rel", "AbsRel", False), ("rmse", "RMSE m", False), ("delta1", "d<1.25 %", True))
+
+
+@register_task
+class DepthTask(Task):
+    """Depth: the head regresses y = s / (d + c) (s = ``inv_scale``, c = ``inv_offset`` metres); berHu on y;
+    decoded d = s / y - c metres. The official head's encoding is s = 655.36, c = 0.01."""
+
+    name = "depth"
+    code = "D"
+    target_kind = "scalar"
+    main_metric = "rmse"
+    columns = DEPTH_COLUMNS
+    out_channels = 1
+
+    def __init__(self, inv_scale: float = DEPTH_INV_SCALE_DEFAULT, protocol: DepthProtocol | None = None,
+                 inv_offset: float = 0.0) -> None:
+        if inv_scale <= 0:
+            raise UserInputError(f"tasks.depth_inv_scale must be positive, got {inv_scale}")
+        if inv_offset < 0:
+            raise UserInputError(f"tasks.depth_inv_offset must be >= 0 metres, got {inv_offset}")
+        self.inv_scale = float(inv_scale)
+        self.inv_offset = float(inv_offset)
+        self.protocol = protocol if protocol is not None else DepthProtocol()
+        self.higher_is_better = dict(DEPTH_HIGHER_IS_BETTER)
+
+    @classmethod
+    def from_config(cls, cfg: Any, info: Any) -> "DepthTask":
+        t = cfg.tasks
+        return cls(t.depth_inv_scale, t.depth_protocol, t.depth_inv_offset)
+
+    def encode(self, depth: Tensor, valid: Tensor) -> Tensor:
+        """Scaled inverse depth y = s / (d + c) (B, 1, H, W) of metric depth (B, 1, H, W); 0 outside ``valid``."""
+        safe = torch.where(valid, depth, torch.ones_like(depth)) + self.inv_offset
+        return torch.where(valid, self.inv_scale / safe, 0.0)
+
+    def mask(self, batch: Batch) -> Tensor:
+        """(B, 1, H, W) bool: the depth mask and a positive ground truth."""
+        return super().mask(batch) & (self.target(batch) > 0)
+
+    def loss(self, pred_raw: Tensor, batch: Batch) -> Tensor:
+        self.check_raw(pred_raw)
+        depth = self.target(batch)
+        valid = self.mask(batch)
+        return berhu_loss(upsample_to(pred_raw, depth.shape[-2:]), self.encode(depth, valid), valid)
+
+    def decode(self, pred_raw: Tensor) -> Tensor:
+        """(B, 1, h, w) metres d = s / max(y, 1e-6) - c."""
+        self.check_raw(pred_raw)
+        return self.inv_scale / pred_raw.clamp_min(MIN_INVERSE_DEPTH) - self.inv_offset
+
+    def new_metric(self) -> DepthMetric:
+        return DepthMetric(self.protocol)
+
+    def visualise(self, decoded: Tensor) -> Tensor:
+        top = self.protocol.max_depth
+        return colourise_depth(decoded, top / DEPTH_VIS_RANGE, top)
+
+    def visualise_target(self, batch: Batch) -> Tensor:
+        return self.visualise(torch.where(self.mask(batch), self.target(batch), 0.0))
+
+    def discriminator_context(self, source: Batch) -> tuple[Tensor, Tensor]:
+        """(min, max) of the source batch's ground truth in the head's units y (0-dim tensors; under torchrun the
+        global batch's)."""
+        valid = self.mask(source)
+        encoded = self.encode(self.target(source), valid)
+        inf = torch.tensor(float("inf"), dtype=encoded.dtype, device=encoded.device)
+        low = global_min(torch.where(valid, encoded, inf).min())
+        high = global_max(torch.where(valid, encoded, -inf).max())
+        if not bool(torch.isfinite(low) & torch.isfinite(high)):
+            raise UserInputError("the source batch has no valid depth pixel: cannot normalise the depth maps")
+        if not bool(high > low):
+            raise UserInputError("the source batch's valid depths are all equal: the depth normalisation is empty")
+        return low, high
+
+    def discriminator_input(self, pred_raw: Tensor, context: tuple[Tensor, Tensor]) -> Tensor:
+        """(y - min) / (max - min) (B, 1, H, W) with the source range, not clipped."""
+        low, high = context
+        return (pred_raw - low) / (high - low)

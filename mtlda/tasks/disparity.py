@@ -1,0 +1,98 @@
+"""Self-supervised depth (SDE): a sigmoid disparity head trained by the photometric loss, scored against depth."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mtlda.constants import SDE_MAX_DEPTH, SDE_MIN_DEPTH
+from mtlda.data.batch import Batch
+from mtlda.errors import UserInputError
+from mtlda.losses.photometric import disp_to_depth
+from mtlda.metrics import DepthMetric
+from mtlda.schema import DepthProtocol
+from mtlda.tasks.base import Task
+from mtlda.tasks.depth import DEPTH_COLUMNS, DEPTH_HIGHER_IS_BETTER
+from mtlda.tasks.registry import register_task
+from mtlda.visualise import apply_lut
+
+# Relative inverse-depth maps (scale unknown) are drawn with this quantile of each image at the top of the colour map.
+RELATIVE_VIS_QUANTILE = 0.95
+
+
+@register_task
+class DisparityTask(Task):
+    """One sigmoid disparity channel, trained by the photometric loss of the ``sde`` scenario (no supervised loss),
+    decoded to metres by :func:`~mtlda.losses.photometric.disp_to_depth` with ``min_depth``/``max_depth``, evaluated
+    against the ground-truth ``depth`` target under ``protocol``, which must use median scaling (monocular depth is
+    known up to scale only). Not selectable through ``tasks.names`` (no code)."""
+
+    name = "disp"
+    code = ""
+    target_kind = "scalar"
+    main_metric = "abs_rel"
+    columns = DEPTH_COLUMNS
+    out_channels = 1
+
+    def __init__(self, min_depth: float = SDE_MIN_DEPTH, max_depth: float = SDE_MAX_DEPTH,
+                 protocol: DepthProtocol | None = None) -> None:
+        if not 0 < min_depth < max_depth:
+            raise UserInputError(f"need 0 < sde.min_depth < sde.max_depth, got {min_depth} and {max_depth}")
+        self.min_depth = float(min_depth)
+        self.max_depth = float(max_depth)
+        self.protocol = protocol if protocol is not None else DepthProtocol(median_scaling=True, per_image=True)
+        if not self.protocol.median_scaling:
+            raise UserInputError(
+                "self-supervised monocular depth is known up to scale only: evaluate it with "
+                "tasks.depth_protocol.median_scaling=true"
+            )
+        self.higher_is_better = dict(DEPTH_HIGHER_IS_BETTER)
+
+    @classmethod
+    def from_config(cls, cfg: Any, info: Any) -> "DisparityTask":
+        return cls(cfg.sde.min_depth, cfg.sde.max_depth, cfg.tasks.depth_protocol)
+
+    @property
+    def target_name(self) -> str:
+        return "depth"
+
+    def mask(self, batch: Batch) -> Tensor:
+        """(B, 1, H, W) bool: the depth mask and a positive ground-truth depth."""
+        return super().mask(batch) & (self.target(batch) > 0)
+
+    def loss(self, pred_raw: Tensor, batch: Batch) -> Tensor:
+        raise UserInputError(
+            "the disparity task has no supervised loss: it is trained by the photometric loss of the sde scenario"
+        )
+
+    def decode(self, pred_raw: Tensor) -> Tensor:
+        """(B, 1, h, w) metres of a sigmoid disparity (B, 1, h, w), within [min_depth, max_depth]."""
+        self.check_raw(pred_raw)
+        return disp_to_depth(pred_raw, self.min_depth, self.max_depth)[1]
+
+    def new_metric(self) -> DepthMetric:
+        return DepthMetric(self.protocol)
+
+    def visualise(self, decoded: Tensor) -> Tensor:
+        """Inverse depth relative to each image's 95th percentile (the scale of the prediction is arbitrary)."""
+        return relative_inverse_depth_rgb(decoded, decoded > 0)
+
+    def visualise_target(self, batch: Batch) -> Tensor:
+        return relative_inverse_depth_rgb(self.target(batch), self.mask(batch))
+
+    def discriminator_input(self, pred_raw: Tensor, context: Any) -> Tensor:
+        """The sigmoid disparity itself (B, 1, H, W), already in [0, 1]."""
+        return pred_raw
+
+
+def relative_inverse_depth_rgb(depth: Tensor, valid: Tensor) -> Tensor:
+    """(B, 3, H, W) magma colours of 1 / depth (B, 1, H, W) divided per image by its ``RELATIVE_VIS_QUANTILE``
+    quantile over ``valid`` pixels (near is bright); invalid pixels are black. Scale-invariant, so a prediction
+    known up to scale and its ground truth look alike."""
+    inverse = torch.where(valid, 1.0 / torch.where(valid, depth, torch.ones_like(depth)), torch.nan).float()
+    top = torch.nanquantile(inverse.flatten(1), RELATIVE_VIS_QUANTILE, dim=1)
+    top = torch.where(torch.isfinite(top) & (top > 0), top, torch.ones_like(top))
+    relative = torch.nan_to_num(inverse / top.reshape(-1, 1, 1, 1), nan=0.0)
+    return apply_lut(relative) * valid
