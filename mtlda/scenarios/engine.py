@@ -28,6 +28,7 @@ from tqdm import tqdm
 from mtlda.config import save_config, to_dict
 from mtlda.distributed import DistInfo, PeerFailure, all_reduce_mean, gather_objects, is_peer_failure
 from mtlda.errors import MtldaError, UserInputError
+from mtlda.runlog import RunLogger, format_postfix
 from mtlda.scenarios.checkpoint import (
     CheckpointError,
     isolated_rng,
@@ -126,6 +127,7 @@ class Engine:
         self.iteration = 0
         self.best: dict[str, Any] = {}
         self.writer: SummaryWriter | None = None
+        self.runlog: RunLogger | None = None
         self.scenario: Scenario | None = None
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
@@ -256,10 +258,13 @@ class Engine:
 
     # -------------------------------------------------------------------------------------- logging
     def log_scalars(self, prefix: str, values: Mapping[str, float]) -> None:
+        """TensorBoard scalars and the run's ``scalars.csv`` (main process only)."""
         if self.writer is not None:
             for key, value in values.items():
                 if isinstance(value, (int, float)) and math.isfinite(value):
                     self.writer.add_scalar(f"{prefix}/{key}", value, self.iteration)
+        if self.runlog is not None:
+            self.runlog.log_scalars(self.iteration, {f"{prefix}/{k}": v for k, v in values.items()})
 
     def _log_images(self) -> None:
         assert self.scenario is not None
@@ -283,10 +288,9 @@ class Engine:
             group_lrs = {g["name"]: g["lr"] for g in opt.param_groups}
             self.log_scalars(f"lr/{name}", group_lrs)
             lrs.update({f"{name}/{k}" if len(self.optimizers) > 1 else k: v for k, v in group_lrs.items()})
-        shown = {k.split("/")[0]: v for k, v in terms.items() if k.endswith("/weighted")}
-        bar.set_postfix_str(" ".join([f"loss {terms.get('total', float('nan')):.4g}"]
-                                     + [f"{k} {v:.3g}" for k, v in shown.items()]
-                                     + [f"lr {max(lrs.values()):.2e}"] if lrs else []))
+        bar.set_postfix_str(format_postfix(terms, lrs))
+        if self.runlog is not None:
+            self.runlog.log_training(self.iteration, self.cfg.train.iterations, terms, lrs, seconds)
 
     # ------------------------------------------------------------------------------------- the loop
     def validate(self) -> dict[str, float]:
@@ -294,6 +298,8 @@ class Engine:
         with isolated_rng():
             metrics = self.scenario.validate(self)
         self.log_scalars("val", metrics)
+        if self.runlog is not None:
+            self.runlog.log_validation(self.iteration, metrics)
         self._update_best(metrics)
         return metrics
 
@@ -349,6 +355,8 @@ class Engine:
         if self.is_main:
             save_config(self.cfg, self.workdir / "config.yaml")
             self.writer = SummaryWriter(str(self.workdir / "tb"))
+            self.runlog = RunLogger(self.workdir, resume_from=self.iteration if resume else None)
+            self.runlog.log_config(to_dict(self.cfg))
         if self.iteration >= cfg.iterations:
             return self.validate()
         metrics: dict[str, float] = {}
@@ -401,6 +409,9 @@ class Engine:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+        if self.runlog is not None:
+            self.runlog.close()
+            self.runlog = None
 
 
 def unwrap(module: nn.Module) -> nn.Module:

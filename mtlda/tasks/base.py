@@ -106,6 +106,14 @@ class Task(ABC):
     def visualise_target(self, batch: Batch) -> Tensor:
         """(B, 3, H, W) float image in [0, 1] of the batch's target."""
 
+    def legend(self) -> tuple[list[str], Any] | None:
+        """(names, (C, 3) uint8 palette) of a colour legend for image panels (None: no legend)."""
+        return None
+
+    def visualise_pair(self, decoded: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
+        """(prediction, target) images drawn so that they compare (e.g. one depth colour range per row)."""
+        return self.visualise(decoded), self.visualise_target(batch)
+
     # ------------------------------------------------------------------------------- domain adaptation
     def discriminator_context(self, source: Batch) -> Any:
         """What :meth:`discriminator_input` needs from the labelled source batch (None by default)."""

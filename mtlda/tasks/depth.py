@@ -16,12 +16,10 @@ from mtlda.metrics import DEPTH_METRIC_NAMES, DepthMetric
 from mtlda.schema import DepthProtocol
 from mtlda.tasks.base import Task
 from mtlda.tasks.registry import register_task
-from mtlda.visualise import colourise_depth
+from mtlda.visualise import colourise_depth_pair, colourise_depth_robust
 
 # Smallest scaled inverse depth y accepted when decoding d = s / y - c (keeps d finite for y <= 0).
 MIN_INVERSE_DEPTH = 1e-6
-# Depth maps are drawn over [max_depth / DEPTH_VIS_RANGE, max_depth] of the evaluation protocol.
-DEPTH_VIS_RANGE = 100.0
 DEPTH_HIGHER_IS_BETTER = {name: name.startswith("delta") for name in DEPTH_METRIC_NAMES}
 DEPTH_COLUMNS = (("abs_rel", "AbsRel", False), ("rmse", "RMSE m", False), ("delta1", "d<1.25 %", True))
 
@@ -78,11 +76,15 @@ class DepthTask(Task):
         return DepthMetric(self.protocol)
 
     def visualise(self, decoded: Tensor) -> Tensor:
-        top = self.protocol.max_depth
-        return colourise_depth(decoded, top / DEPTH_VIS_RANGE, top)
+        """Log depth over each image's 2nd-98th percentile range (near is bright)."""
+        return colourise_depth_robust(decoded)
 
     def visualise_target(self, batch: Batch) -> Tensor:
-        return self.visualise(torch.where(self.mask(batch), self.target(batch), 0.0))
+        return colourise_depth_robust(self.target(batch), self.mask(batch))
+
+    def visualise_pair(self, decoded: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Prediction and target in the target's colour range."""
+        return colourise_depth_pair(decoded, self.target(batch), self.mask(batch))
 
     def discriminator_context(self, source: Batch) -> tuple[Tensor, Tensor]:
         """(min, max) of the source batch's ground truth in the head's units y (0-dim tensors; under torchrun the

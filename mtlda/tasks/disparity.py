@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from mtlda.constants import SDE_MAX_DEPTH, SDE_MIN_DEPTH
@@ -16,10 +15,7 @@ from mtlda.schema import DepthProtocol
 from mtlda.tasks.base import Task
 from mtlda.tasks.depth import DEPTH_COLUMNS, DEPTH_HIGHER_IS_BETTER
 from mtlda.tasks.registry import register_task
-from mtlda.visualise import apply_lut
-
-# Relative inverse-depth maps (scale unknown) are drawn with this quantile of each image at the top of the colour map.
-RELATIVE_VIS_QUANTILE = 0.95
+from mtlda.visualise import colourise_depth_pair, colourise_depth_robust
 
 
 @register_task
@@ -76,23 +72,17 @@ class DisparityTask(Task):
         return DepthMetric(self.protocol)
 
     def visualise(self, decoded: Tensor) -> Tensor:
-        """Inverse depth relative to each image's 95th percentile (the scale of the prediction is arbitrary)."""
-        return relative_inverse_depth_rgb(decoded, decoded > 0)
+        """Log depth over each image's own percentile range: invariant to the (arbitrary) scale of the prediction."""
+        return colourise_depth_robust(decoded)
 
     def visualise_target(self, batch: Batch) -> Tensor:
-        return relative_inverse_depth_rgb(self.target(batch), self.mask(batch))
+        return colourise_depth_robust(self.target(batch), self.mask(batch))
+
+    def visualise_pair(self, decoded: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Each in its own range (the prediction is known up to scale only)."""
+        return self.visualise(decoded), self.visualise_target(batch)
 
     def discriminator_input(self, pred_raw: Tensor, context: Any) -> Tensor:
         """The sigmoid disparity itself (B, 1, H, W), already in [0, 1]."""
         return pred_raw
 
-
-def relative_inverse_depth_rgb(depth: Tensor, valid: Tensor) -> Tensor:
-    """(B, 3, H, W) magma colours of 1 / depth (B, 1, H, W) divided per image by its ``RELATIVE_VIS_QUANTILE``
-    quantile over ``valid`` pixels (near is bright); invalid pixels are black. Scale-invariant, so a prediction
-    known up to scale and its ground truth look alike."""
-    inverse = torch.where(valid, 1.0 / torch.where(valid, depth, torch.ones_like(depth)), torch.nan).float()
-    top = torch.nanquantile(inverse.flatten(1), RELATIVE_VIS_QUANTILE, dim=1)
-    top = torch.where(torch.isfinite(top) & (top > 0), top, torch.ones_like(top))
-    relative = torch.nan_to_num(inverse / top.reshape(-1, 1, 1, 1), nan=0.0)
-    return apply_lut(relative) * valid

@@ -75,6 +75,9 @@ class SemsegTask(Task):
     def visualise_target(self, batch: Batch) -> Tensor:
         return colourise_labels(self.target(batch), self.palette)
 
+    def legend(self) -> tuple[list[str], np.ndarray]:
+        return self.class_names, self.palette
+
     def discriminator_input(self, pred_raw: Tensor, context: Any) -> Tensor:
         """ADVENT's weighted self-information map (B, C, H, W) of the softmax (paper Eq. 10)."""
         return entropy_map(pred_raw)
