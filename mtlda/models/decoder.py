@@ -122,6 +122,7 @@ class TaskDecoder(nn.Module):
         head: HeadSpec,
         channels: Sequence[int] = (64, 128, 128, 256, 256),
         aspp_rates: Sequence[int] = (6, 12, 18),
+        aspp_dropout: float = 0.5,
     ) -> None:
         super().__init__()
         if len(channels) != NUM_BLOCKS or len(encoder_channels) != NUM_BLOCKS or len(encoder_strides) != NUM_BLOCKS:
@@ -143,7 +144,7 @@ class TaskDecoder(nn.Module):
         in_stride = encoder_strides[4]
         for i in reversed(range(NUM_BLOCKS)):
             if i == 4:
-                reduce: nn.Module = ASPP(encoder_channels[4], channels[4], aspp_rates)
+                reduce: nn.Module = ASPP(encoder_channels[4], channels[4], aspp_rates, aspp_dropout)
             else:
                 reduce = conv3x3_elu(channels[i + 1], channels[i])
             upsample = in_stride // self.block_strides[i]

@@ -8,6 +8,8 @@
 * ``padnet``: the original PAD-Net: per task, two bottlenecks on the stride-16 encoder map with an initial
   prediction (scale 4), PAD-Net distillation at 256 channels, two more bottlenecks and a final prediction
   bilinearly upsampled to the input (scale 0).
+* ``deeplab``: the MTL survey's DeepLabV3 head per task (:mod:`mtlda.models.deeplab`), the paper's STL and MTL
+  baselines: no skips, no exchange block, scale 0 only; ``decoder_channels[4]`` channels, ``aspp_rates`` rates.
 
 Outputs are ``dict[(task, scale), Tensor]`` of raw head outputs at stride 2**scale.
 """
@@ -21,12 +23,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck
 
+from mtlda.models.deeplab import DeepLabDecoder
 from mtlda.models.decoder import NUM_BLOCKS, HeadSpec, TaskDecoder, decoder_block_strides, side_head
 from mtlda.models.encoder import ResNetEncoder
 from mtlda.models.exchange import ATTENTION_KINDS, FUSIONS, MTEB, PadNetBlock, attention_downscale
 from mtlda.schema import ModelConfig
 
-ARCHITECTURES = ("3ways", "padnet")
+ARCHITECTURES = ("3ways", "deeplab", "padnet")
 BLOCKS = ("mteb", "padnet", "none")
 PADNET_CHANNELS = 256
 PADNET_SCALES = (0, 4)
@@ -224,9 +227,14 @@ def build_network(cfg: ModelConfig, heads: Mapping[str, HeadSpec]) -> MultiTaskN
         if len(tasks) > 1:
             exchange[NUM_BLOCKS - 1] = PadNetBlock(tasks, PADNET_CHANNELS)
         return MultiTaskNet(encoder, decoders, exchange, heads)
+    if cfg.architecture == "deeplab":
+        decoders = {task: DeepLabDecoder(encoder.num_channels[4], encoder.strides[4], heads[task],
+                                         cfg.decoder_channels[4], cfg.aspp_rates, cfg.aspp_dropout) for task in tasks}
+        return MultiTaskNet(encoder, decoders, exchange, heads)
 
     decoders = {
-        task: TaskDecoder(encoder.num_channels, encoder.strides, heads[task], cfg.decoder_channels, cfg.aspp_rates)
+        task: TaskDecoder(encoder.num_channels, encoder.strides, heads[task], cfg.decoder_channels, cfg.aspp_rates,
+                          cfg.aspp_dropout)
         for task in tasks
     }
     if len(tasks) > 1 and cfg.block != "none":
