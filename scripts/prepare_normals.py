@@ -1,17 +1,21 @@
 #!/usr/bin/env python
 """Precompute surface normals from a data set's depth, once, so that training does not derive them per step.
 
-For every depth source of the data set (Cityscapes: disparity/*/*/*_disparity.png with the camera JSON; Synthia:
-Depth/Depth/*.png; Virtual KITTI 2: Scene*/*/frames/depth/Camera_0/depth_*.png) the normals are computed at the
-file's resolution with mtlda.geometry.normals_from_depth and written to <root>/normals_mtlda/<same relative
-path>.png (16-bit, invalid pixels 0; see mtlda/data/normals_io.py). The loaders use these files when present.
+For every depth source of the data set (its loader's depth_files: Cityscapes disparity maps with their camera
+JSON, Synthia Depth/Depth/*.png, Virtual KITTI 2 Scene*/*/frames/depth/Camera_0/depth_*.png) the normals are
+computed at the file's resolution with mtlda.geometry.normals_from_depth and written to
+<out>/normals_mtlda/<path relative to the root>.png (16-bit, invalid pixels 0; see mtlda/data/normals_io.py).
+<out> is the data set root unless --out names another folder (for a read-only data set); the loaders read the
+files from their normals_root (default: the data set root), so train with that folder as normals_root.
 
 Files already written are skipped, so an interrupted run resumes; every file is written under a temporary name
-and renamed when complete. NYUDv2 ships ground-truth normals and needs nothing.
+and renamed when complete. Data sets with ground-truth normals (NYUDv2) need nothing. Without --root the data
+set's environment variable names the folder.
 
 examples:
   python scripts/prepare_normals.py --dataset cityscapes --root $CITYSCAPES_DIR
   python scripts/prepare_normals.py --dataset vkitti2 --root /data/vkitti2 --device cuda --batch-size 16
+  python scripts/prepare_normals.py --dataset synthia --root /readonly/synthia --out ~/synthia-normals
 """
 
 from __future__ import annotations
@@ -19,36 +23,33 @@ from __future__ import annotations
 import argparse
 from collections import defaultdict
 from pathlib import Path
-from types import ModuleType
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from mtlda.cli import run_main
-from mtlda.data import cityscapes, synthia, vkitti2
+from mtlda.data.base import DenseDataset
+from mtlda.data.catalog import dataset_class, dataset_names, describe_datasets
 from mtlda.data.io import DatasetError
-from mtlda.data.normals_io import normals_path, write_normals
-from mtlda.data.registry import DEPTH_CAPS
+from mtlda.data.normals_io import NORMALS_DIR, normals_path, write_normals
 from mtlda.geometry import normals_from_depth
-
-SOURCES: dict[str, ModuleType] = {"cityscapes": cityscapes, "synthia": synthia, "vkitti2": vkitti2}
 
 
 class _DepthFiles(Dataset):
     """(path, depth (1, H, W), mask (1, H, W), K (3, 3)) per depth file, read in loader workers."""
 
-    def __init__(self, module: ModuleType, root: Path, files: list[Path], depth_cap: float) -> None:
-        self.module, self.root, self.files, self.depth_cap = module, root, files, depth_cap
+    def __init__(self, loader: type[DenseDataset], root: Path, files: list[Path]) -> None:
+        self.loader, self.root, self.files = loader, root, files
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[Path, torch.Tensor, torch.Tensor, torch.Tensor]:
         path = self.files[index]
-        depth, valid, K = self.module.depth_for_normals(self.root, path)
+        depth, valid, K = self.loader.depth_for_normals(self.root, path)
         depth_t = torch.from_numpy(depth)[None]
-        mask = torch.from_numpy(valid)[None] & (depth_t > 0) & (depth_t <= self.depth_cap)
+        mask = torch.from_numpy(valid)[None] & (depth_t > 0) & (depth_t <= self.loader.max_depth)
         return path, depth_t, mask, K
 
 
@@ -61,26 +62,24 @@ def _pick_device(name: str) -> torch.device:
 
 
 def prepare_normals(dataset: str, root: Path, device: str = "auto", batch_size: int = 8, workers: int = 0,
-                    progress: bool = True) -> tuple[int, int]:
-    """Write the missing normal maps of ``dataset`` under ``root``; returns (written, skipped)."""
-    if dataset == "nyudv2":
-        raise ValueError("nyudv2 ships ground-truth normals (normals/<n>.png); there is nothing to prepare")
-    if dataset not in SOURCES:
-        raise ValueError(f"unknown --dataset {dataset!r}; choose one of {', '.join(SOURCES)}")
+                    progress: bool = True, out: Path | None = None) -> tuple[int, int]:
+    """Write the missing normal maps of ``dataset`` under ``out`` (None: ``root``); returns (written, skipped)."""
+    loader = dataset_class(dataset)
+    if loader.has_normals_gt:
+        raise ValueError(f"{dataset} ships ground-truth normals; there is nothing to prepare")
     if batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
     if not root.is_dir():
-        raise DatasetError(f"--root {root} is not a folder")
-    module = SOURCES[dataset]
-    files = module.depth_files(root)
+        raise DatasetError(f"--root {root} is not a folder; point it at the extracted {dataset} data set")
+    files = loader.depth_files(root)
     if not files:
-        raise DatasetError(f"no depth files of {dataset} under {root}; {module.DOWNLOAD_HINT}")
-    todo = [f for f in files if not normals_path(root, f).is_file()]
+        raise DatasetError(f"no depth files of {dataset} under {root}; {loader.download_hint(loader.depth_kind, root)}")
+    todo = [f for f in files if not normals_path(root, f, out).is_file()]
     target = _pick_device(device)
-    loader = DataLoader(_DepthFiles(module, root, todo, DEPTH_CAPS[dataset]), batch_size=batch_size,
-                        num_workers=workers, collate_fn=list)
+    batches = DataLoader(_DepthFiles(loader, root, todo), batch_size=batch_size, num_workers=workers,
+                         collate_fn=list)
     with tqdm(total=len(todo), desc=f"normals {dataset}", unit="map", disable=not progress) as bar:
-        for items in loader:
+        for items in batches:
             by_size = defaultdict(list)
             for item in items:
                 by_size[tuple(item[1].shape)].append(item)
@@ -92,23 +91,29 @@ def prepare_normals(dataset: str, root: Path, device: str = "auto", batch_size: 
                 normals = normals.permute(0, 2, 3, 1).cpu().numpy()
                 valid = valid[:, 0].cpu().numpy()
                 for (path, *_), n, v in zip(group, normals, valid):
-                    write_normals(normals_path(root, path), n, v)
+                    write_normals(normals_path(root, path, out), n, v)
             bar.update(len(items))
     return len(todo), len(files) - len(todo)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", required=True, choices=sorted([*SOURCES, "nyudv2"]),
-                        help="data set format of --root")
-    parser.add_argument("--root", required=True, type=Path, help="the data set folder")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="data sets:\n" + describe_datasets())
+    parser.add_argument("--dataset", required=True, choices=dataset_names(), help="data set format of --root")
+    parser.add_argument("--root", type=Path, help="the data set folder (default: the data set's environment variable)")
+    parser.add_argument("--out", type=Path,
+                        help=f"write {NORMALS_DIR}/ under this folder instead of the root (read-only data sets)")
     parser.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda or cuda:N")
     parser.add_argument("--batch-size", type=int, default=8, help="depth maps per batch (default 8)")
     parser.add_argument("--workers", type=int, default=2, help="file-reading worker processes (default 2)")
     args = parser.parse_args(argv)
-    written, skipped = prepare_normals(args.dataset, args.root.expanduser(), args.device, args.batch_size,
-                                       args.workers)
-    print(f"normals: {written} written, {skipped} already present, under {args.root / 'normals_mtlda'}")
+    loader = dataset_class(args.dataset)
+    root = args.root.expanduser() if args.root is not None else loader.root_from_environment()
+    out = args.out.expanduser() if args.out is not None else None
+    written, skipped = prepare_normals(args.dataset, root, args.device, args.batch_size, args.workers, out=out)
+    print(f"normals: {written} written, {skipped} already present, under {(out or root) / NORMALS_DIR}")
+    if out is not None:
+        print(f"the loaders read them with normals_root={out}")
     return 0
 
 

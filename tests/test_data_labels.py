@@ -5,17 +5,20 @@ import pytest
 
 from mtlda.constants import IGNORE_INDEX
 from mtlda.data import toycity
+from mtlda.data.catalog import dataset_class, dataset_names
 from mtlda.data.labels import (
     CITYSCAPES_LABELS,
-    CLASS_SETS,
     SYNTHIA_CLASSES,
     TOYCITY_CLASSES,
     TOYCITY_NATIVE_IDS,
     VKITTI2_CLASSES,
-    class_set,
     decode_vkitti2_colors,
     encode_vkitti2_colors,
 )
+
+
+def class_set(dataset: str, name: str):
+    return dataset_class(dataset).class_set(name)
 
 
 def test_cityscapes_table_matches_cityscapesscripts():
@@ -112,8 +115,8 @@ def test_vkitti2_colour_round_trip_and_unknown_colours():
 
 
 def test_palettes_have_one_distinct_colour_per_class():
-    for fmt, sets in CLASS_SETS.items():
-        for name, cs in sets.items():
+    for fmt in dataset_names():
+        for name, cs in dataset_class(fmt).class_sets.items():
             palette = cs.palette_array()
             assert palette.shape == (cs.num_classes, 3) and palette.dtype == np.uint8
     nyu = class_set("nyudv2", "40").palette_array()

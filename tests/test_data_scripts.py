@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from mtlda.data.catalog import dataset_class
 from mtlda.data.cityscapes import CityscapesDataset
 from mtlda.data.normals_io import decode_normals, encode_normals, normals_path, read_normals, write_normals
 from mtlda.data.toycity_export import export_toycity
@@ -56,7 +57,7 @@ def test_prepare_normals_writes_resumably_and_loaders_use_the_files(toy, tmp_pat
     root = tmp_path / fmt
     shutil.copytree(toy / fmt, root)
     written, skipped = prepare.prepare_normals(fmt, root, "cpu", batch_size=2, progress=False)
-    files = prepare.SOURCES[fmt].depth_files(root)
+    files = dataset_class(fmt).depth_files(root)
     assert (written, skipped) == (len(files), 0) and len(files) == 3
     first = normals_path(root, files[0])
     assert first.is_file()

@@ -1,14 +1,18 @@
 """Data sets (Cityscapes, Synthia, Virtual KITTI 2, NYUDv2, toycity), augmentation and the Batch container.
 
-``build_dataset``, ``dataset_info``, ``DatasetInfo`` and ``DatasetError`` are imported on first use, so that
-modules which only need :class:`Batch` do not load OpenCV and the loaders.
+The loaders and the registry are imported on first use (``build_dataset``, ``dataset_info``, ``DatasetInfo``,
+``dataset_class``, ``dataset_names``, ``register_dataset``, ``register_target``), so that modules which only need
+:class:`Batch` or the errors do not load OpenCV and the loaders.
 """
 
 from typing import Any
 
 from mtlda.data.batch import Batch, Sample, collate
+from mtlda.data.errors import DatasetError, original_message
 
-_LAZY = {"build_dataset": "registry", "dataset_info": "registry", "DatasetInfo": "registry", "DatasetError": "io"}
+_LAZY = {"build_dataset": "registry", "dataset_info": "registry", "DatasetInfo": "registry",
+         "dataset_class": "catalog", "dataset_names": "catalog", "register_dataset": "catalog",
+         "register_target": "targets"}
 
 
 def __getattr__(name: str) -> Any:
@@ -19,4 +23,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'mtlda.data' has no attribute {name!r}")
 
 
-__all__ = ["Batch", "Sample", "collate", "DatasetError", "DatasetInfo", "build_dataset", "dataset_info"]
+__all__ = ["Batch", "Sample", "collate", "DatasetError", "original_message", "DatasetInfo", "build_dataset",
+           "dataset_info", "dataset_class", "dataset_names", "register_dataset", "register_target"]

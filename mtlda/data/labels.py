@@ -3,7 +3,11 @@
 A :class:`ClassSet` maps a data set's *native* label ids (the values stored in its label files) to training class
 indices 0..C-1; every other id becomes ``IGNORE_INDEX``. Class sets per data set:
 
-* Cityscapes (native = ``labelIds``): ``"19"`` (official trainIds), ``"16"`` (the Synthia-compatible set of the
+Each loader class holds its data set's sets as ``class_sets`` (and ``default_class_set``); this module holds the
+tables they are built from.
+
+* Cityscapes (native = ``labelIds``; mmsegmentation's ``labelTrainIds`` files are read through
+  :func:`cityscapes_train_id_set`): ``"19"`` (official trainIds), ``"16"`` (the Synthia-compatible set of the
   paper: 19 without terrain, truck and train), ``"7"`` (the official categories flat..vehicle), ``"8"`` (the
   VKITTI2 <-> Cityscapes set of the paper's Table 8) and ``"toycity"`` (the 9 classes toycity renders).
   Deviations from the official DenseMTL code in ``"8"``: Cityscapes *truck* (27) maps to *vehicle* like VKITTI2's
@@ -228,58 +232,73 @@ _SYNTHIA_FOR_CS16 = {
     "motorcycle": "motorcycle", "bicycle": "bicycle",
 }
 
-CLASS_SETS: dict[str, dict[str, ClassSet]] = {
-    "cityscapes": {
-        "19": _cityscapes_set("19", _cs_single(_CS19)),
-        "16": _cityscapes_set("16", _cs_single(_CS16)),
-        "7": _cityscapes_set(
-            "7",
-            [
-                (cat, _CS_BY_NAME[color_of][1], [n for n, _, t, c, _ in CITYSCAPES_LABELS if c == i + 1 and t != 255])
-                for i, (cat, color_of) in enumerate(zip(_CATEGORY_NAMES, _CATEGORY_COLORS))
-            ],
-        ),
-        "8": _cityscapes_set("8", [(name, _CS_BY_NAME[labels[0]][1], labels) for name, labels in _VK_TABLE8]),
-        "toycity": _toycity_set("cityscapes"),
-    },
-    "synthia": {
-        "16": ClassSet(
-            "16", tuple(_CS16), tuple(_CS_BY_NAME[n][1] for n in _CS16),
-            {_SYNTHIA_INDEX[_SYNTHIA_FOR_CS16[n]]: i for i, n in enumerate(_CS16)},
-        ),
-        "toycity": _toycity_set("synthia"),
-    },
-    "vkitti2": {
-        "14": ClassSet(
-            "14", tuple(n for n, _ in VKITTI2_CLASSES), tuple(c for _, c in VKITTI2_CLASSES),
-            {i: i for i in range(len(VKITTI2_CLASSES))},
-        ),
-        "8": ClassSet(
-            "8", tuple(n for n, _ in _VK_TABLE8), tuple(_CS_BY_NAME[labels[0]][1] for _, labels in _VK_TABLE8),
-            {_VK_INDEX[vk]: i for i, group in enumerate(_VK_TABLE8_VKITTI2) for vk in group},
-        ),
-        "toycity": _toycity_set("vkitti2"),
-    },
-    "nyudv2": {
-        "40": ClassSet("40", NYU40_CLASSES, _voc_palette(40), {v: v - 1 for v in range(1, 41)}),
-        "toycity": _toycity_set("nyudv2"),
-    },
+# Class sets per data set (each loader class holds its own as ``class_sets``; see the module docstring).
+CITYSCAPES_CLASS_SETS: dict[str, ClassSet] = {
+    "19": _cityscapes_set("19", _cs_single(_CS19)),
+    "16": _cityscapes_set("16", _cs_single(_CS16)),
+    "7": _cityscapes_set(
+        "7",
+        [
+            (cat, _CS_BY_NAME[color_of][1], [n for n, _, t, c, _ in CITYSCAPES_LABELS if c == i + 1 and t != 255])
+            for i, (cat, color_of) in enumerate(zip(_CATEGORY_NAMES, _CATEGORY_COLORS))
+        ],
+    ),
+    "8": _cityscapes_set("8", [(name, _CS_BY_NAME[labels[0]][1], labels) for name, labels in _VK_TABLE8]),
+    "toycity": _toycity_set("cityscapes"),
+}
+SYNTHIA_CLASS_SETS: dict[str, ClassSet] = {
+    "16": ClassSet(
+        "16", tuple(_CS16), tuple(_CS_BY_NAME[n][1] for n in _CS16),
+        {_SYNTHIA_INDEX[_SYNTHIA_FOR_CS16[n]]: i for i, n in enumerate(_CS16)},
+    ),
+    "toycity": _toycity_set("synthia"),
+}
+VKITTI2_CLASS_SETS: dict[str, ClassSet] = {
+    "14": ClassSet(
+        "14", tuple(n for n, _ in VKITTI2_CLASSES), tuple(c for _, c in VKITTI2_CLASSES),
+        {i: i for i in range(len(VKITTI2_CLASSES))},
+    ),
+    "8": ClassSet(
+        "8", tuple(n for n, _ in _VK_TABLE8), tuple(_CS_BY_NAME[labels[0]][1] for _, labels in _VK_TABLE8),
+        {_VK_INDEX[vk]: i for i, group in enumerate(_VK_TABLE8_VKITTI2) for vk in group},
+    ),
+    "toycity": _toycity_set("vkitti2"),
+}
+NYUDV2_CLASS_SETS: dict[str, ClassSet] = {
+    "40": ClassSet("40", NYU40_CLASSES, _voc_palette(40), {v: v - 1 for v in range(1, 41)}),
+    "toycity": _toycity_set("nyudv2"),
 }
 
-DEFAULT_CLASS_SET = {"cityscapes": "19", "synthia": "16", "vkitti2": "14", "nyudv2": "40"}
+# Values a label file may hold (the ids of each data set's official label table; loaders reject other values).
+# Cityscapes labelIds: 0..33 (cityscapesScripts never draws the id -1 of "license plate" into a label image);
+# mmsegmentation's labelTrainIds: 0..18 and 255.
+CITYSCAPES_LABELIDS_VALUES = frozenset(label_id for _, label_id, _, _, _ in CITYSCAPES_LABELS)
+CITYSCAPES_TRAINIDS_VALUES = frozenset(train_id for _, _, train_id, _, _ in CITYSCAPES_LABELS)
+SYNTHIA_LABEL_VALUES = frozenset(range(len(SYNTHIA_CLASSES)))  # 0 void .. 22 lanemarking
+NYUDV2_LABEL_VALUES = frozenset(range(len(NYU40_CLASSES) + 1))  # 0 void, 1..40
 
 
-def class_set(dataset: str, name: str) -> ClassSet:
-    """The class set ``name`` ("19", "8", "toycity", ...) of ``dataset``; ValueError listing the choices."""
-    if dataset not in CLASS_SETS:
-        raise ValueError(f"unknown data set {dataset!r}; choose one of {sorted(CLASS_SETS)}")
-    sets = CLASS_SETS[dataset]
-    if name not in sets:
-        raise ValueError(
-            f"{dataset} has no {name}-class set; choose data.classes from {sorted(sets)} (0: the default "
-            f"{DEFAULT_CLASS_SET[dataset]})"
-        )
-    return sets[name]
+def unknown_label_values(native: np.ndarray, known: frozenset[int], first: int = 8) -> list[int]:
+    """The first ``first`` distinct values of a label map (H, W) (unsigned integers) that are not in ``known``."""
+    if native.dtype.kind != "u":
+        raise ValueError(f"label maps hold unsigned integers, got dtype {native.dtype}")
+    present = np.flatnonzero(np.bincount(native.ravel(), minlength=1))
+    return [int(v) for v in present if int(v) not in known][:first]
+
+
+def cityscapes_train_id_set(classes: ClassSet) -> ClassSet:
+    """``classes`` (keyed by Cityscapes labelIds) keyed by trainIds instead, for ``*_labelTrainIds.png`` files.
+
+    Possible for every set whose classes are made of labels that have a trainId (all built-in sets); a set that
+    maps a label without one (e.g. parking) is a ValueError naming those labels.
+    """
+    train_of = {label_id: (name, train_id) for name, label_id, train_id, _, _ in CITYSCAPES_LABELS}
+    without = sorted(train_of[i][0] for i in classes.mapping if train_of[i][1] == IGNORE_INDEX)
+    if without:
+        raise ValueError(f"class set {classes.name} uses Cityscapes labels without a trainId ({', '.join(without)}); "
+                         "it needs the *_gtFine_labelIds.png files of gtFine_trainvaltest.zip")
+    mapping = {train_of[label_id][1]: index for label_id, index in classes.mapping.items()}
+    return ClassSet(classes.name, classes.class_names, classes.palette, mapping)
 
 
 def decode_vkitti2_colors(rgb: np.ndarray) -> np.ndarray:

@@ -5,8 +5,9 @@ camera frame of the project (x right, y down, z forward). Each component n in [-
 ``round((n + 1) / 2 * 65534) + 1`` (1..65535, quantisation step 3.05e-5); 0 in all three channels marks an invalid
 pixel, so the validity mask travels inside the file.
 
-The file of a depth source ``<root>/<rel>`` is ``<root>/normals_mtlda/<rel>`` with the suffix ``.png``, at the
-depth file's resolution.
+The file of a depth source ``<root>/<rel>`` is ``<normals_root>/normals_mtlda/<rel>`` with the suffix ``.png``, at the
+depth file's resolution. ``normals_root`` is the data set root unless the maps were written elsewhere
+(``scripts/prepare_normals.py --out DIR`` for a read-only data set; loaders take ``normals_root=DIR``).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ NORMALS_DIR = "normals_mtlda"
 _LEVELS = 65534
 
 
-def normals_path(root: Path, depth_file: Path) -> Path:
-    """Where the precomputed normals of ``depth_file`` (a path under ``root``) live."""
-    return root / NORMALS_DIR / depth_file.relative_to(root).with_suffix(".png")
+def normals_path(root: Path, depth_file: Path, normals_root: Path | None = None) -> Path:
+    """Where the precomputed normals of ``depth_file`` (a path under the data set ``root``) live, under
+    ``normals_root`` (None: ``root``)."""
+    return (normals_root or root) / NORMALS_DIR / depth_file.relative_to(root).with_suffix(".png")
 
 
 def encode_normals(normals: np.ndarray, valid: np.ndarray) -> np.ndarray:

@@ -4,7 +4,7 @@ Files of sample ``<n>`` under the root:
 
 * ``gt_sets/{train,val}.txt``: sample names, the official 795 / 654 split;
 * ``images/<n>.png`` (or ``.jpg``) 640x480 RGB image;
-* ``segmentation/<n>.png`` uint8: 0 = void (ignored), v in 1..40 = NYU40 class v - 1;
+* ``segmentation/<n>.png`` uint8: 0 = void (ignored), v in 1..40 = NYU40 class v - 1 (other values are an error);
 * ``depth/<n>.npy`` float depth in metres (0 = invalid);
 * ``normals/<n>.png`` uint8 RGB, component = value / 255 * 2 - 1 (or ``.npy`` floats in [-1, 1]). **Assumed file
   axes**: x right, y up, z towards the viewer (the OpenGL-style convention of the released maps, where floors
@@ -26,14 +26,15 @@ import torch
 
 from mtlda.data.base import DenseDataset, check_same_size, fixed_intrinsics, image_tensor, rescale_K
 from mtlda.data.batch import Sample
+from mtlda.data.catalog import register_dataset
+from mtlda.data.checks import CheckSettings, Report, build, count_note, decode_split, missing_folders
 from mtlda.data.io import DatasetError, read_npy, read_png_unchanged, read_rgb, read_single_channel, read_text_lines
+from mtlda.data.labels import NYUDV2_CLASS_SETS, NYUDV2_LABEL_VALUES
 
 NYU_CAMERA = (518.857901, 519.469611, 325.582449, 253.736166, 640, 480)
 # Sign of each file axis in the camera frame: ours = file * FILE_TO_CAMERA_AXES (see the module docstring).
 FILE_TO_CAMERA_AXES = np.array([1.0, -1.0, -1.0], dtype=np.float32)
 _UNIT_TOLERANCE = 0.25  # decoded normals whose length is outside 1 +- this are invalid
-DOWNLOAD_HINT = ("get NYUD_MT (images, segmentation, depth, normals, edge, gt_sets) as used by "
-                 "https://github.com/SimonVandenhende/Multi-Task-Learning-PyTorch or https://github.com/brdav/atrc")
 _SUFFIXES = {"images": (".png", ".jpg"), "segmentation": (".png",), "depth": (".npy",), "normals": (".png", ".npy"),
              "edge": (".png", ".npy")}
 
@@ -45,7 +46,7 @@ def sample_file(root: Path, kind: str, name: str) -> Path:
         if path.is_file():
             return path
     raise FileNotFoundError(f"NYUDv2 {kind} file not found: {candidates[0]} (suffixes tried: "
-                            f"{', '.join(_SUFFIXES[kind])}); {DOWNLOAD_HINT}")
+                            f"{', '.join(_SUFFIXES[kind])}); {NYUDv2Dataset.download_hint(kind, root)}")
 
 
 def decode_normals(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -69,22 +70,37 @@ def camera_K(root: Path, image_hw: tuple[int, int]) -> torch.Tensor:
     return rescale_K(K, reference_hw, image_hw)
 
 
+@register_dataset
 class NYUDv2Dataset(DenseDataset):
     """NYUDv2 samples of ``gt_sets/<split>.txt``; ground-truth normals and edges."""
 
     name = "nyudv2"
+    title = "NYUDv2"
+    root_variable = "NYUDV2_DIR"
+    max_depth = 10.0
+    download_site = ("https://github.com/SimonVandenhende/Multi-Task-Learning-PyTorch (or "
+                     "https://github.com/brdav/atrc)")
+    sources = dict.fromkeys((*_SUFFIXES, "gt_sets"), "NYUD_MT (images, segmentation, depth, normals, edge, gt_sets)")
+    depth_kind = "depth"
+    label_kind = "segmentation"
+    label_values = NYUDV2_LABEL_VALUES
+    class_sets = NYUDV2_CLASS_SETS
+    default_class_set = "40"
+    official_counts = {"train": 795, "val": 654}
+    builtin_targets = frozenset({"semseg", "depth", "normals", "edges"})
     has_normals_gt = True
-    has_edges_gt = True
 
     def _list_items(self) -> list[str]:
         split_file = self.root / "gt_sets" / f"{self.split}.txt"
         if not split_file.is_file():
-            raise DatasetError(f"NYUDv2 split file {split_file} is missing (splits: train, val); {DOWNLOAD_HINT}")
+            raise DatasetError(f"NYUDv2 split file {split_file} is missing (splits: train, val); "
+                               f"{self.download_hint('gt_sets', self.root)}")
         kinds = ["images"] + [k for task, k in (("semseg", "segmentation"), ("depth", "depth"),
                                                 ("normals", "normals"), ("edges", "edge")) if task in self.tasks]
         for kind in kinds:
             if not (self.root / kind).is_dir():
-                raise DatasetError(f"NYUDv2 folder {self.root / kind} is missing; {DOWNLOAD_HINT}")
+                raise DatasetError(f"NYUDv2 folder {self.root / kind} is missing; "
+                                   f"{self.download_hint(kind, self.root)}")
         return read_text_lines(split_file, "NYUDv2 split file")
 
     def _depth_file(self, index: int) -> Path:
@@ -99,7 +115,7 @@ class NYUDv2Dataset(DenseDataset):
             path = sample_file(self.root, "segmentation", name)
             labels = read_single_channel(path, "NYUDv2 label map")
             check_same_size("NYUDv2 label map", path, labels, hw)
-            sample.targets["semseg"] = self.semseg_target(labels)
+            sample.targets["semseg"] = self.semseg_target(labels, path)
         if with_depth:
             path = sample_file(self.root, "depth", name)
             depth = np.squeeze(read_npy(path, "NYUDv2 depth map")).astype(np.float32)
@@ -123,3 +139,13 @@ class NYUDv2Dataset(DenseDataset):
             sample.targets["edges"] = torch.from_numpy((edges > 0).astype(np.float32))[None]
             sample.masks["edges"] = torch.ones(1, *hw, dtype=torch.bool)
         return sample
+
+    @classmethod
+    def check(cls, root: Path, report: Report, settings: CheckSettings) -> None:
+        if missing_folders(report, cls, root, {kind: root / kind for kind in ("gt_sets", *_SUFFIXES)}):
+            return
+        for split in ("train", "val"):
+            dataset = build(report, cls, root, split, settings)
+            if dataset is not None:
+                count_note(report, cls, split, len(dataset))
+                decode_split(report, dataset, settings)

@@ -1,7 +1,8 @@
 """Build a data set from the ``data`` section of an experiment: real data sets and toycity alike.
 
-Roots come from ``data.root`` or the data set's environment variable (``CITYSCAPES_DIR``, ``SYNTHIA_DIR``,
-``VKITTI2_DIR``, ``NYUDV2_DIR``). ``dataset: toycity`` generates (once, cached) toycity scenes in the format
+Data sets are looked up in the registry (:mod:`mtlda.data.catalog`). Roots come from ``data.root`` or the data
+set's environment variable (its loader's ``root_variable``: ``CITYSCAPES_DIR``, ``SYNTHIA_DIR``, ``VKITTI2_DIR``,
+``NYUDV2_DIR``). ``dataset: toycity`` generates (once, cached) toycity scenes in the format
 ``data.toycity.format`` and reads them with that format's real loader and its "toycity" class set (or
 ``data.classes`` when set, e.g. 8 for the VKITTI2 <-> Cityscapes classes).
 
@@ -13,7 +14,6 @@ Neighbour frames (``data.frames``) are loaded for training sets only.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,27 +23,12 @@ from torch.utils.data import Dataset
 
 from mtlda.data.augment import AugmentConfig
 from mtlda.data.base import DenseDataset
-from mtlda.data.cityscapes import CityscapesDataset
+from mtlda.data.catalog import TOYCITY, dataset_class, dataset_names
 from mtlda.data.io import DatasetError
-from mtlda.data.labels import DEFAULT_CLASS_SET, class_set
-from mtlda.data.nyudv2 import NYUDv2Dataset
-from mtlda.data.synthia import SynthiaDataset
 from mtlda.data.toycity import MAX_DEPTH as TOYCITY_MAX_DEPTH
-from mtlda.data.toycity_export import ensure_toycity
-from mtlda.data.vkitti2 import VKITTI2Dataset
+from mtlda.data.toycity_export import FORMATS as TOYCITY_FORMATS
+from mtlda.data.toycity_export import SEQUENCE_FORMATS, ensure_toycity, toycity_name
 from mtlda.schema import DataConfig
-
-LOADERS: dict[str, type[DenseDataset]] = {
-    "cityscapes": CityscapesDataset,
-    "synthia": SynthiaDataset,
-    "vkitti2": VKITTI2Dataset,
-    "nyudv2": NYUDv2Dataset,
-}
-ROOT_VARIABLES = {"cityscapes": "CITYSCAPES_DIR", "synthia": "SYNTHIA_DIR", "vkitti2": "VKITTI2_DIR",
-                  "nyudv2": "NYUDV2_DIR"}
-# Largest depth (metres) a loader keeps valid: stereo / rendering noise and sky lie beyond.
-DEPTH_CAPS = {"cityscapes": 300.0, "synthia": 300.0, "vkitti2": 300.0, "nyudv2": 10.0}
-DATASETS = ("toycity", *LOADERS)
 
 
 @dataclass(frozen=True)
@@ -62,84 +47,74 @@ class DatasetInfo:
     depth_cap: float
 
 
-def _check_dataset(cfg: DataConfig) -> str:
-    """The on-disk format of ``cfg``: the data set itself, or toycity's format."""
-    if cfg.dataset not in DATASETS:
-        raise ValueError(f"unknown data.dataset {cfg.dataset!r}; choose one of {', '.join(DATASETS)}")
-    fmt = cfg.toycity.format if cfg.dataset == "toycity" else cfg.dataset
-    if fmt not in LOADERS:
-        raise ValueError(f"unknown data.toycity.format {fmt!r}; choose one of {', '.join(LOADERS)}")
-    return fmt
+def _loader(cfg: DataConfig) -> type[DenseDataset]:
+    """The loader class of ``cfg``'s on-disk format: the data set itself, or toycity's format."""
+    if cfg.dataset != TOYCITY and cfg.dataset not in dataset_names():
+        raise ValueError(f"unknown data.dataset {cfg.dataset!r}; choose one of "
+                         f"{', '.join(dataset_names(toycity=True))}")
+    if cfg.dataset == TOYCITY and cfg.toycity.format not in TOYCITY_FORMATS:
+        raise ValueError(f"unknown data.toycity.format {cfg.toycity.format!r}; choose one of "
+                         f"{', '.join(TOYCITY_FORMATS)}")
+    return dataset_class(cfg.toycity.format if cfg.dataset == TOYCITY else cfg.dataset)
 
 
-def _class_set_name(cfg: DataConfig, fmt: str) -> str:
+def _class_set_name(cfg: DataConfig, loader: type[DenseDataset]) -> str:
     if cfg.classes:
         return str(cfg.classes)
-    return "toycity" if cfg.dataset == "toycity" else DEFAULT_CLASS_SET[fmt]
+    return "toycity" if cfg.dataset == TOYCITY else loader.default_class_set
+
+
+def _depth_cap(cfg: DataConfig, loader: type[DenseDataset]) -> float:
+    return float(TOYCITY_MAX_DEPTH) if cfg.dataset == TOYCITY else loader.max_depth
 
 
 def data_root(cfg: DataConfig, with_sequences: bool = False) -> Path:
     """The folder a real data set is read from, or the generated toycity folder."""
-    if cfg.dataset == "toycity":
+    if cfg.dataset == TOYCITY:
         return ensure_toycity(cfg.toycity, with_sequences=with_sequences)
-    variable = ROOT_VARIABLES[cfg.dataset]
-    root = cfg.root or os.environ.get(variable, "")
-    if not root:
-        raise DatasetError(f"no folder for {cfg.dataset}: export {variable}=/path/to/{cfg.dataset} or set data.root "
-                           f"(scripts/check_data.py --dataset {cfg.dataset} --root DIR checks a folder)")
-    path = Path(root).expanduser()
+    loader = dataset_class(cfg.dataset)
+    path = Path(cfg.root).expanduser() if cfg.root else loader.root_from_environment()
     if not path.is_dir():
-        source = "data.root" if cfg.root else variable
+        source = "data.root" if cfg.root else loader.root_variable
         raise DatasetError(f"{cfg.dataset} folder {path} (from {source}) does not exist; point {source} at the "
-                           "extracted data set")
+                           f"extracted data set (scripts/check_data.py --dataset {cfg.dataset} --root DIR checks a "
+                           "folder)")
     return path
 
 
 def build_dataset(cfg: DataConfig, split: str, train: bool, tasks: Sequence[str]) -> Dataset:
     """The data set of ``split`` for ``tasks`` (full task names), augmented when ``train``; see the module doc."""
-    fmt = _check_dataset(cfg)
+    loader = _loader(cfg)
     frames = tuple(cfg.frames) if train else ()
-    if frames and cfg.dataset == "toycity" and fmt != "cityscapes":
+    if frames and cfg.dataset == TOYCITY and loader.name not in SEQUENCE_FORMATS:
         raise DatasetError("toycity writes neighbour frames in the cityscapes format only; set "
                            "data.toycity.format=cityscapes for data.frames")
     size = (cfg.height, cfg.width) if train else (cfg.val_height or cfg.height, cfg.val_width or cfg.width)
-    options: dict = {}
-    if cfg.dataset == "toycity" and fmt in ("synthia", "vkitti2"):
-        options["allow_missing"] = True
-    if fmt == "vkitti2":
-        options["variation"] = cfg.variation
-    dataset = LOADERS[fmt](
+    return loader(
         data_root(cfg, with_sequences=bool(frames)),
         split,
         tasks,
         size,
-        class_set_name=_class_set_name(cfg, fmt),
+        class_set_name=_class_set_name(cfg, loader),
         frames=frames,
         augment=AugmentConfig.from_data_config(cfg) if train else None,
-        depth_cap=_depth_cap(cfg, fmt),
-        **options,
+        depth_cap=_depth_cap(cfg, loader),
+        allow_missing=cfg.dataset == TOYCITY,
+        **{key: getattr(cfg, key) for key in loader.config_options},
     )
-    return dataset
-
-
-def _depth_cap(cfg: DataConfig, fmt: str) -> float:
-    return float(TOYCITY_MAX_DEPTH) if cfg.dataset == "toycity" else DEPTH_CAPS[fmt]
 
 
 def dataset_info(cfg: DataConfig) -> DatasetInfo:
     """Classes, palette and capabilities of ``cfg``'s data set (no file is read)."""
-    fmt = _check_dataset(cfg)
-    classes = class_set(fmt, _class_set_name(cfg, fmt))
-    loader = LOADERS[fmt]
-    name = cfg.dataset
-    if cfg.dataset == "toycity":
-        name = f"toycity-{cfg.toycity.style}" + ("" if fmt == "cityscapes" else f"-{fmt}")
+    loader = _loader(cfg)
+    classes = loader.class_set(_class_set_name(cfg, loader))
+    toycity = cfg.dataset == TOYCITY
     return DatasetInfo(
-        name=name,
+        name=toycity_name(cfg.toycity) if toycity else cfg.dataset,
         num_classes=classes.num_classes,
         class_names=classes.class_names,
         palette=classes.palette_array(),
-        has_sequences=loader.has_sequences and (cfg.dataset != "toycity" or fmt == "cityscapes"),
+        has_sequences=loader.has_sequences and (not toycity or loader.name in SEQUENCE_FORMATS),
         has_normals_gt=loader.has_normals_gt,
-        depth_cap=_depth_cap(cfg, fmt),
+        depth_cap=_depth_cap(cfg, loader),
     )

@@ -43,9 +43,9 @@ from tqdm import tqdm
 
 from mtlda.config import substitute_variables
 from mtlda.data import nyudv2, synthia
-from mtlda.data.base import INTRINSICS_FILE
+from mtlda.data.base import INTRINSICS_FILE, TOYCITY_METADATA_FILE
 from mtlda.data.cityscapes import neighbour_path, sample_path
-from mtlda.data.io import write_atomic, write_image, write_json, write_npy
+from mtlda.data.io import write_image, write_json, write_npy, write_text_atomic
 from mtlda.data.labels import TOYCITY_NATIVE_IDS, encode_vkitti2_colors
 from mtlda.data.toycity import CAMERA_HEIGHT, GENERATOR_VERSION, STYLES, Frame, camera_matrix, render_sample
 from mtlda.data.vkitti2 import CM_PER_M as VKITTI2_CM_PER_M
@@ -53,12 +53,13 @@ from mtlda.data.vkitti2 import DEPTH_INVALID, frame_path, split_scenes
 from mtlda.schema import ToycityConfig
 
 FORMATS = ("cityscapes", "synthia", "vkitti2", "nyudv2")
+SEQUENCE_FORMATS = ("cityscapes",)  # formats toycity writes neighbour frames in
 VAL_INDEX_OFFSET = 1_000_000
 CITYSCAPES_BASELINE = 0.209313  # metres, the Cityscapes stereo rig
 CITYSCAPES_FRAME = 19  # annotated frame number of a Cityscapes snippet
 CITYSCAPES_CITIES = {"train": "toytown", "val": "toyville"}
 VKITTI2_BASELINE = 0.532725  # metres between Camera_0 and Camera_1
-METADATA_FILE = "toycity.json"
+METADATA_FILE = TOYCITY_METADATA_FILE
 SEQUENCE_OFFSETS = (-1, 1)
 
 
@@ -137,8 +138,8 @@ def _vkitti2_text_files(root: Path, split: str, cameras: list[tuple[np.ndarray, 
             intrinsic.append(f"{frame} {camera} {K[0, 0]:.6f} {K[1, 1]:.6f} {K[0, 2]:.6f} {K[1, 2]:.6f}")
             extrinsic.append(f"{frame} {camera} " + " ".join(f"{v:.6f}" for v in world_to_cam.reshape(-1)))
     folder = root / _vkitti2_scene(split) / "clone"
-    write_atomic(folder / "intrinsic.txt", ("\n".join(intrinsic) + "\n").encode())
-    write_atomic(folder / "extrinsic.txt", ("\n".join(extrinsic) + "\n").encode())
+    write_text_atomic(folder / "intrinsic.txt", "\n".join(intrinsic) + "\n")
+    write_text_atomic(folder / "extrinsic.txt", "\n".join(extrinsic) + "\n")
 
 
 def _nyudv2_name(split: str, i: int, num_train: int) -> str:
@@ -167,7 +168,7 @@ def export_toycity(root: Path, fmt: str, *, style: str = "flat", height: int = 1
     ``with_sequences`` (cityscapes only) also writes ``leftImg8bit_sequence`` (:func:`export_cityscapes_sequences`).
     """
     _check(fmt, style, num_train, num_val)
-    if with_sequences and fmt != "cityscapes":
+    if with_sequences and fmt not in SEQUENCE_FORMATS:
         raise ValueError("toycity writes neighbour frames in the cityscapes format only; set data.toycity.format "
                          "to cityscapes for data.frames")
     root.mkdir(parents=True, exist_ok=True)
@@ -189,7 +190,7 @@ def export_toycity(root: Path, fmt: str, *, style: str = "flat", height: int = 1
     if fmt == "nyudv2":
         for split, count, _ in splits:
             names = [_nyudv2_name(split, i, num_train) + "\n" for i in range(count)]
-            write_atomic(root / "gt_sets" / f"{split}.txt", "".join(names).encode())
+            write_text_atomic(root / "gt_sets" / f"{split}.txt", "".join(names))
     K = camera_matrix(height, width)
     if fmt in ("synthia", "nyudv2"):
         write_json(root / INTRINSICS_FILE, _intrinsics_json(K, height, width))
@@ -240,6 +241,12 @@ def _check(fmt: str, style: str, num_train: int, num_val: int) -> None:
         if num_train > first_val or num_val > len(synthia.split_names("val")):
             raise ValueError(f"the synthia format holds at most {first_val} training and "
                              f"{len(synthia.split_names('val'))} validation toycity scenes")
+
+
+def toycity_name(cfg: ToycityConfig) -> str:
+    """The data set name of a toycity configuration in results and references: ``toycity-<style>``, plus
+    ``-<format>`` for formats other than cityscapes."""
+    return f"toycity-{cfg.style}" + ("" if cfg.format == "cityscapes" else f"-{cfg.format}")
 
 
 def cache_folder(cfg: ToycityConfig) -> Path:

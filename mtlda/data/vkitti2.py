@@ -5,7 +5,8 @@ release's variations such as ``15-deg-left``, ``fog``, ``morning``) under the ro
 
 * ``Scene<NN>/<var>/frames/rgb/Camera_0/rgb_<n>.jpg`` RGB image (1242x375);
 * ``Scene<NN>/<var>/frames/classSegmentation/Camera_0/classgt_<n>.png`` colour-coded classes (palette in
-  :data:`mtlda.data.labels.VKITTI2_CLASSES`; unknown colours are ignored);
+  :data:`mtlda.data.labels.VKITTI2_CLASSES`; other colours, such as Undefined (0, 0, 0), are ignored:
+  ``scripts/check_data.py`` reports them);
 * ``Scene<NN>/<var>/frames/depth/Camera_0/depth_<n>.png`` uint16 depth in **centimetres**; 65535 (655.35 m, sky and
   anything farther) is invalid, as is 0;
 * ``Scene<NN>/<var>/intrinsic.txt`` (header ``frame cameraID K[0,0] K[1,1] K[0,2] K[1,2]``) per-frame intrinsics of
@@ -34,16 +35,15 @@ from mtlda.data.base import (
     rescale_K,
 )
 from mtlda.data.batch import Sample
+from mtlda.data.catalog import register_dataset
+from mtlda.data.checks import CheckSettings, Report, build, count_note, decode_split, is_toycity_copy
 from mtlda.data.io import DatasetError, read_png_unchanged, read_rgb, read_single_channel, read_text_lines
-from mtlda.data.labels import decode_vkitti2_colors
+from mtlda.data.labels import VKITTI2_CLASS_SETS, VKITTI2_CLASSES, decode_vkitti2_colors
 
 VKITTI2_CAMERA = (725.0087, 725.0087, 620.5, 187.0, 1242, 375)
 DEPTH_INVALID = 65535
 CM_PER_M = 100.0
 CAMERA = "Camera_0"
-DOWNLOAD_HINT = ("download vkitti_2.0.3_rgb.tar, vkitti_2.0.3_depth.tar, vkitti_2.0.3_classSegmentation.tar and "
-                 "vkitti_2.0.3_textgt.tar.gz from https://europe.naverlabs.com/research/computer-vision/"
-                 "proxy-virtual-worlds-vkitti-2/ and extract them into one folder (Scene01, Scene02, ...)")
 _KINDS = {"rgb": ("rgb", "rgb", "jpg"), "labels": ("classSegmentation", "classgt", "png"),
           "depth": ("depth", "depth", "png")}
 
@@ -101,20 +101,6 @@ def frame_K(per_frame: dict[int, torch.Tensor] | None, frame: int, image_hw: tup
     return per_frame[frame]
 
 
-def depth_files(root: Path) -> list[Path]:
-    """Every Camera_0 depth map of every scene and variation under ``root``."""
-    return sorted(root.glob("Scene*/*/frames/depth/Camera_0/depth_*.png"))
-
-
-def depth_for_normals(root: Path, path: Path) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
-    """(depth (H, W) metres, valid (H, W), K (3, 3)) of a depth file listed by :func:`depth_files`."""
-    scene, variation = path.relative_to(root).parts[:2]
-    depth, valid = read_depth(path)
-    frame = int(path.stem.split("_")[1])
-    K = frame_K(scene_intrinsics(root, scene, variation), frame, depth.shape, root / scene / variation)
-    return depth, valid, K
-
-
 def read_depth(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(depth (H, W) float32 metres, valid (H, W) bool) of a VKITTI2 depth PNG (65535 and 0 invalid)."""
     raw = read_single_channel(path, "Virtual KITTI 2 depth map")
@@ -123,18 +109,27 @@ def read_depth(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return raw.astype(np.float32) / CM_PER_M, (raw > 0) & (raw != DEPTH_INVALID)
 
 
+@register_dataset
 class VKITTI2Dataset(DenseDataset):
-    """Virtual KITTI 2 frames of the scenes of a split (``train``, ``val``, ``all``) in one ``variation``.
-
-    ``allow_missing``: skip listed scenes that are absent instead of failing (toycity copies hold only some).
-    """
+    """Virtual KITTI 2 frames of the scenes of a split (``train``, ``val``, ``all``) in one ``variation``."""
 
     name = "vkitti2"
+    title = "Virtual KITTI 2"
+    root_variable = "VKITTI2_DIR"
+    max_depth = 300.0
+    download_site = "https://europe.naverlabs.com/research/computer-vision/proxy-virtual-worlds-vkitti-2/"
+    sources = {"rgb": "vkitti_2.0.3_rgb.tar", "labels": "vkitti_2.0.3_classSegmentation.tar",
+               "depth": "vkitti_2.0.3_depth.tar", "intrinsics": "vkitti_2.0.3_textgt.tar.gz"}
+    depth_kind = "depth"
+    label_kind = "labels"
+    class_sets = VKITTI2_CLASS_SETS
+    default_class_set = "14"
+    official_counts = {"Scene01": 447, "Scene02": 233, "Scene06": 270, "Scene18": 339, "Scene20": 837}
+    config_options = {"variation": "Virtual KITTI 2 variation: clone (default), fog, morning, 15-deg-left, ..."}
     has_sequences = True
 
-    def __init__(self, *args, variation: str = "clone", allow_missing: bool = False, **kwargs) -> None:
+    def __init__(self, *args, variation: str = "clone", **kwargs) -> None:
         self.variation = variation
-        self.allow_missing = allow_missing
         self._intrinsics: dict[str, dict[int, torch.Tensor] | None] = {}
         super().__init__(*args, **kwargs)
 
@@ -142,14 +137,15 @@ class VKITTI2Dataset(DenseDataset):
         if self.split == "all":
             scenes = sorted(p.name for p in self.root.glob("Scene*") if (p / self.variation).is_dir())
             if not scenes:
-                raise DatasetError(f"no Scene*/{self.variation} folder under {self.root}; {DOWNLOAD_HINT}")
+                raise DatasetError(f"no Scene*/{self.variation} folder under {self.root}; "
+                                   f"{self.download_hint('rgb', self.root)}")
             return scenes
         scenes = split_scenes(self.split)
         present = [s for s in scenes if (self.root / s / self.variation).is_dir()]
         if len(present) < len(scenes) and not self.allow_missing:
             missing = sorted(set(scenes) - set(present))
             raise DatasetError(f"Virtual KITTI 2 scenes {missing} of split {self.split!r} have no folder "
-                               f"{self.root}/<scene>/{self.variation}; {DOWNLOAD_HINT}")
+                               f"{self.root}/<scene>/{self.variation}; {self.download_hint('rgb', self.root)}")
         return present
 
     def _list_items(self) -> list[tuple[str, int]]:
@@ -160,7 +156,7 @@ class VKITTI2Dataset(DenseDataset):
             for kind in kinds:
                 if not frame_folder(self.root, scene, self.variation, kind).is_dir():
                     raise DatasetError(f"Virtual KITTI 2 folder {frame_folder(self.root, scene, self.variation, kind)}"
-                                       f" is missing; {DOWNLOAD_HINT}")
+                                       f" is missing; {self.download_hint(kind, self.root)}")
             self._intrinsics[scene] = scene_intrinsics(self.root, scene, self.variation)
             rgb = frame_folder(self.root, scene, self.variation, "rgb")
             items += sorted((scene, int(p.stem.split("_")[1])) for p in rgb.glob("rgb_*.jpg"))
@@ -191,9 +187,56 @@ class VKITTI2Dataset(DenseDataset):
             if colors.ndim != 3 or colors.shape[2] != 3 or colors.dtype != np.uint8:
                 raise DatasetError(f"{path('labels')} is not an 8-bit RGB class map ({colors.shape} {colors.dtype})")
             check_same_size("Virtual KITTI 2 class map", path("labels"), colors, hw)
-            sample.targets["semseg"] = self.semseg_target(decode_vkitti2_colors(colors))
+            sample.targets["semseg"] = self.semseg_target(decode_vkitti2_colors(colors), path("labels"))
         if with_depth:
             depth, valid = read_depth(path("depth"))
             check_same_size("Virtual KITTI 2 depth map", path("depth"), depth, hw)
             sample.targets["depth"], sample.masks["depth"] = self.depth_target(depth, valid)
         return sample
+
+    @classmethod
+    def depth_files(cls, root: Path) -> list[Path]:
+        """Every Camera_0 depth map of every scene and variation under ``root``."""
+        return sorted(root.glob("Scene*/*/frames/depth/Camera_0/depth_*.png"))
+
+    @classmethod
+    def depth_for_normals(cls, root: Path, path: Path) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+        scene, variation = path.relative_to(root).parts[:2]
+        depth, valid = read_depth(path)
+        frame = int(path.stem.split("_")[1])
+        K = frame_K(scene_intrinsics(root, scene, variation), frame, depth.shape, root / scene / variation)
+        return depth, valid, K
+
+    @classmethod
+    def check(cls, root: Path, report: Report, settings: CheckSettings) -> None:
+        variation = settings.options.get("variation", "clone")
+        partial_is_fine = is_toycity_copy(root)
+        for scene in cls.official_counts:
+            count = sum(1 for _ in frame_folder(root, scene, variation, "rgb").glob("rgb_*.jpg"))
+            if count:
+                count_note(report, cls, scene, count)
+                if not (root / scene / variation / "intrinsic.txt").is_file():
+                    report.note(f"note: {root / scene / variation / 'intrinsic.txt'} is absent; the release's "
+                                f"constant camera is used ({cls.download_hint('intrinsics', root)} for per-frame "
+                                "intrinsics)")
+            elif not partial_is_fine:
+                report.problem(f"{frame_folder(root, scene, variation, 'rgb')} has no rgb_*.jpg; "
+                               f"{cls.download_hint('rgb', root)}")
+        for split in ("train", "val"):
+            dataset = build(report, cls, root, split, settings)
+            if dataset is not None:
+                decode_split(report, dataset, settings, _colours_outside_palette)
+
+
+def _colours_outside_palette(dataset: VKITTI2Dataset, index: int, sample: Sample) -> str | None:
+    """What share of a frame's class map has colours outside the palette (they are ignored in training)."""
+    scene, frame = dataset.items[index]
+    path = frame_path(dataset.root, scene, dataset.variation, "labels", frame)
+    colors = read_png_unchanged(path, "Virtual KITTI 2 class map")
+    unknown = decode_vkitti2_colors(colors) == 255
+    if not unknown.any():
+        return None
+    odd = np.unique(colors[unknown].reshape(-1, 3), axis=0)[:4]
+    listed = ", ".join(str(tuple(int(c) for c in rgb)) for rgb in odd)
+    return (f"{path}: {unknown.mean() * 100:.1f} % of its pixels have colours outside the {len(VKITTI2_CLASSES)}-class "
+            f"palette ({listed}); they are ignored in training and evaluation")
