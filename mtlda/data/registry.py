@@ -30,6 +30,10 @@ from mtlda.data.toycity_export import FORMATS as TOYCITY_FORMATS
 from mtlda.data.toycity_export import SEQUENCE_FORMATS, ensure_toycity, toycity_name
 from mtlda.schema import DataConfig
 
+# Names accepted by data.dataset when this module was imported (kept for callers of the former constant; a command
+# line built later reads dataset_names(toycity=True), which includes data sets registered since).
+DATASETS = dataset_names(toycity=True)
+
 
 @dataclass(frozen=True)
 class DatasetInfo:
