@@ -31,9 +31,13 @@ def register_dataset(cls: D) -> D:
 
 
 def _registered() -> dict[str, type[DenseDataset]]:
+    """Every registered loader: the built-in ones in :data:`BUILTIN_MODULES` order, then the others in the order
+    they registered (import order does not change the listing)."""
     for module in BUILTIN_MODULES:
         import_module(module)
-    return _DATASETS
+    rank = {module: i for i, module in enumerate(BUILTIN_MODULES)}
+    order = sorted(_DATASETS.items(), key=lambda item: rank.get(item[1].__module__, len(rank)))
+    return dict(order)
 
 
 def dataset_class(name: str) -> type[DenseDataset]:
