@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import torch
@@ -29,6 +30,7 @@ from mtlda.scenarios.engine import Engine, OptimizerSpec, Scenario, unwrap
 from mtlda.scenarios.evaluation import evaluate, flatten_metrics, prediction_panel
 from mtlda.schema import DataConfig, ExperimentConfig
 from mtlda.tasks import Task, build_tasks, task_weights
+from mtlda.weighting import Weighting, build_weighting, rank_mean_losses, weighted_backward
 
 PANEL_IMAGES = 4
 
@@ -50,8 +52,9 @@ class DenseScenario(Scenario):
     ``with_data=False`` builds no data split at all (prediction on arbitrary images)."""
 
     name: ClassVar[str]
-    # Whether the network is wrapped in DistributedDataParallel under torchrun; scenarios that run it several
-    # times per step (UDA: source and target passes) average its gradients themselves instead.
+    # Whether the network may be wrapped in DistributedDataParallel under torchrun; scenarios that run it several
+    # times per step (UDA: source and target passes) average its gradients themselves instead, as do
+    # gradient-level task weightings (they need every task's gradient before combining).
     ddp_model: ClassVar[bool] = True
 
     def __init__(self, cfg: ExperimentConfig, engine: Engine, train: bool = True, with_data: bool = True) -> None:
@@ -61,6 +64,8 @@ class DenseScenario(Scenario):
         self.info: DatasetInfo = dataset_info(cfg.data)
         self.tasks: dict[str, Task] = self.build_tasks()
         self.weights = self.task_weights()
+        self.weighting: Weighting = self.build_weighting().to(engine.device)
+        self._step_losses: dict[str, Tensor] = {}
         self.train_split: Dataset | None = None
         self.val_split: Dataset | None = None
         if with_data:
@@ -84,6 +89,12 @@ class DenseScenario(Scenario):
 
     def task_weights(self) -> dict[str, float]:
         return task_weights(self.cfg.tasks)
+
+    def build_weighting(self) -> Weighting:
+        """The task-balancing method of ``tasks.weighting`` ({name, ...options}) over this scenario's tasks."""
+        options = dict(self.cfg.tasks.weighting)
+        name = options.pop("name", "fixed")
+        return build_weighting(name, list(self.tasks), self.weights, options)
 
     def heads(self) -> dict[str, HeadSpec]:
         """Prediction heads by task: every task at ``model.scales``."""
@@ -123,21 +134,76 @@ class DenseScenario(Scenario):
 
     # ---------------------------------------------------------------------------- the engine contract
     def modules(self) -> dict[str, nn.Module]:
-        return {"model": self.model, **self.extra}
+        return {"model": self.model, **self.extra, "weighting": self.weighting}
+
+    def model_param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The network's optimiser groups, plus ``weighting`` for learnable task weights (``optim.lr.weighting``,
+        by default the decoders' rate)."""
+        groups = dict(unwrap(self.model).param_groups())
+        learnable = [p for p in self.weighting.parameters() if p.requires_grad]
+        if learnable:
+            groups["weighting"] = learnable
+        return groups
+
+    def optim_settings(self):
+        lr = dict(self.cfg.optim.lr)
+        lr.setdefault("weighting", lr.get("decoders", 0.0))
+        return replace(self.cfg.optim, lr=lr)
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
-        return {"model": OptimizerSpec(unwrap(self.model).param_groups(), self.cfg.optim)}
+        return {"model": OptimizerSpec(self.model_param_groups(), self.optim_settings())}
+
+    @property
+    def uses_ddp(self) -> bool:
+        return self.ddp_model and self.weighting.level == "loss"
 
     def wrap_for_distributed(self, engine: Engine) -> None:
-        if self.ddp_model:
+        if self.uses_ddp:
             ids = [engine.device.index] if engine.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
 
     def synchronise_gradients(self, engine: Engine) -> None:
         if not engine.dist.enabled:
             return
-        modules = list(self.extra.values()) + ([] if self.ddp_model else [self.model])
+        modules = [*self.extra.values(), self.weighting] + ([] if self.uses_ddp else [self.model])
         average_gradients_(p for module in modules for p in module.parameters())
+
+    def backward_tasks(self, losses: Mapping[str, Tensor], terms: dict[str, Tensor], engine: Engine,
+                       extra: Tensor | None = None) -> Tensor:
+        """Backpropagate the task losses (each Eq. 6 over its scales, unweighted) through ``tasks.weighting``, plus
+        an unweighted ``extra`` term (UDA's adversarial loss); returns the total for logging and records
+        ``<task>/weighted`` terms. Loss-level methods combine the losses; gradient-level methods combine the
+        per-task gradients of the shared parameters (encoder and exchange block)."""
+        losses = dict(sorted(losses.items()))
+        self._step_losses = {name: loss.detach() for name, loss in losses.items()}
+        if self.weighting.level == "loss":
+            total = self.weighting.combine_losses(losses)
+            weights = self.weighting.weights()
+            engine.backward(total if extra is None else total + extra)
+        else:
+            if extra is not None:
+                engine.backward(extra)
+            groups = unwrap(self.model).param_groups()
+            shared = {f"{group}.{i}": p for group in ("backbone", "exchange") for i, p in
+                      enumerate(groups.get(group, []))}
+            specific = [p for name, params in groups.items() if name not in ("backbone", "exchange")
+                        for p in params] + self.extra_task_parameters()
+            scaler = engine.scaler if engine.scaler.is_enabled() else None
+            weights = weighted_backward(self.weighting, losses, shared, specific, scaler)
+            total = torch.stack([weights[name] * loss.detach() for name, loss in losses.items()]).sum()
+        terms.update({f"{name}/weighted": weights[name] * loss.detach() for name, loss in losses.items()})
+        total = total.detach() if extra is None else (total + extra).detach()
+        terms["total"] = total
+        return total
+
+    def extra_task_parameters(self) -> list[nn.Parameter]:
+        """Parameters outside the network that the task losses train (SDE: the pose net); none by default."""
+        return []
+
+    def after_step(self, engine: Engine) -> None:
+        """Called after every optimiser step: the weighting's history (DWA, FAMO) sees the global task losses."""
+        if self._step_losses:
+            self.weighting.after_step(rank_mean_losses(self._step_losses))
 
     def training_batches(self, dataset: Dataset, data: DataConfig, start_iteration: int,
                          seed_offset: int = 0) -> Iterator[Batch]:

@@ -102,6 +102,9 @@ class Scenario:
     def synchronise_gradients(self, engine: "Engine") -> None:
         """Average over ranks the gradients that DDP does not (called after every backward, before clipping)."""
 
+    def after_step(self, engine: "Engine") -> None:
+        """Called after every optimiser step (e.g. to update adaptive task weights)."""
+
     def metadata(self) -> dict[str, Any]:
         """Task and class metadata stored in checkpoints."""
         return {}
@@ -370,6 +373,7 @@ class Engine:
                     out = scenario.train_step(next(batches), self)
                     self._check_finite(out)
                     self._optimizer_step()
+                    scenario.after_step(self)
                     self.iteration += 1
                     bar.update(1)
                     if self.iteration % cfg.log_every == 0 or self.iteration == 1:

@@ -37,7 +37,6 @@ from mtlda.scenarios.dense import DenseScenario
 from mtlda.scenarios.engine import Engine, OptimizerSpec, StepOutput, unwrap
 from mtlda.scenarios.evaluation import task_losses
 from mtlda.scenarios.registry import register_scenario
-from mtlda.scenarios.supervised import weighted_total
 from mtlda.schema import ExperimentConfig
 from mtlda.tasks import DisparityTask, Task, build_tasks, check_codes
 
@@ -171,9 +170,12 @@ class SDEScenario(DenseScenario):
         return {"pose": pose_net}
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
-        groups = dict(unwrap(self.model).param_groups())
+        groups = self.model_param_groups()
         groups["pose"] = list(self.extra["pose"].parameters())
-        return {"model": OptimizerSpec(groups, self.cfg.optim)}
+        return {"model": OptimizerSpec(groups, self.optim_settings())}
+
+    def extra_task_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.extra["pose"].parameters() if p.requires_grad]
 
     def train_step(self, batch: Batch, engine: Engine) -> StepOutput:
         batch = batch.to(engine.device, non_blocking=True)
@@ -189,7 +191,4 @@ class SDEScenario(DenseScenario):
         losses, terms = task_losses(preds, supervised, batch) if supervised else ({}, {})
         losses[DISP] = photometric
         terms.update({f"{DISP}/{key}": value for key, value in diagnostics.items()})
-        total = weighted_total(dict(sorted(losses.items())), self.weights, terms)
-        engine.backward(total)
-        terms["total"] = total.detach()
-        return StepOutput(terms, terms["total"])
+        return StepOutput(terms, self.backward_tasks(losses, terms, engine))

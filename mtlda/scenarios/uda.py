@@ -25,7 +25,6 @@ from mtlda.scenarios.dense import DenseScenario
 from mtlda.scenarios.engine import Engine, OptimizerSpec, StepOutput
 from mtlda.scenarios.evaluation import task_losses
 from mtlda.scenarios.registry import register_scenario
-from mtlda.scenarios.supervised import weighted_total
 
 SOURCE_SEED_OFFSET = 0
 TARGET_SEED_OFFSET = 7919
@@ -92,23 +91,19 @@ class UDAScenario(DenseScenario):
         with engine.autocast():
             src_preds = self.model(src.image)
         losses, terms = task_losses(src_preds, self.tasks, src)
-        supervised = weighted_total(losses, self.weights, terms)
         if not self.cfg.uda.enabled:
-            engine.backward(supervised)
-            terms["total"] = supervised.detach()
-            return StepOutput(terms, terms["total"])
+            return StepOutput(terms, self.backward_tasks(losses, terms, engine))
         contexts = {name: task.discriminator_context(src) for name, task in self.tasks.items()}
         with engine.autocast():
             tgt_preds = self.model(tgt.image)
         discriminators = self.extra["discriminators"]
         tgt_inputs = self._inputs(tgt_preds, contexts, tuple(tgt.image.shape[-2:]))
         adv, adv_terms = adversarial_generator_loss(discriminators, tgt_inputs, self.cfg.uda.lambda_adv)
-        engine.backward(supervised + adv)
+        total = self.backward_tasks(losses, terms, engine, extra=adv)
         src_inputs = self._inputs(src_preds, contexts, tuple(src.image.shape[-2:]))
         disc, disc_terms = discriminator_loss(discriminators, src_inputs, tgt_inputs)
         engine.backward(disc)
         terms.update({f"adv/{t}_s{s}": v for (t, s), v in adv_terms.items()})
         terms.update({f"disc/{t}_s{s}": v for (t, s), v in disc_terms.items()})
         terms["adv/weighted"] = adv.detach()
-        terms["total"] = (supervised + adv).detach()
-        return StepOutput(terms, terms["total"])
+        return StepOutput(terms, total)

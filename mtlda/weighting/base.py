@@ -18,11 +18,13 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from mtlda.errors import UserInputError
+
 # Option key of every adaptive method: multiply each task's loss by its fixed weight before balancing.
 SCALE_BY_FIXED_WEIGHTS = "scale_by_fixed_weights"
 
 
-class WeightingError(ValueError):
+class WeightingError(UserInputError):
     """A wrong weighting name, option, task set or input, with a message that names the problem and the fix."""
 
 
