@@ -44,6 +44,7 @@ VKITTI2_CAMERA = (725.0087, 725.0087, 620.5, 187.0, 1242, 375)
 DEPTH_INVALID = 65535
 CM_PER_M = 100.0
 CAMERA = "Camera_0"
+DEFAULT_VARIATION = "clone"
 _KINDS = {"rgb": ("rgb", "rgb", "jpg"), "labels": ("classSegmentation", "classgt", "png"),
           "depth": ("depth", "depth", "png")}
 
@@ -128,7 +129,7 @@ class VKITTI2Dataset(DenseDataset):
     config_options = {"variation": "Virtual KITTI 2 variation: clone (default), fog, morning, 15-deg-left, ..."}
     has_sequences = True
 
-    def __init__(self, *args, variation: str = "clone", **kwargs) -> None:
+    def __init__(self, *args, variation: str = DEFAULT_VARIATION, **kwargs) -> None:
         self.variation = variation
         self._intrinsics: dict[str, dict[int, torch.Tensor] | None] = {}
         super().__init__(*args, **kwargs)
@@ -209,7 +210,7 @@ class VKITTI2Dataset(DenseDataset):
 
     @classmethod
     def check(cls, root: Path, report: Report, settings: CheckSettings) -> None:
-        variation = settings.options.get("variation", "clone")
+        variation = settings.options.get("variation", DEFAULT_VARIATION)
         partial_is_fine = is_toycity_copy(root)
         for scene in cls.official_counts:
             count = sum(1 for _ in frame_folder(root, scene, variation, "rgb").glob("rgb_*.jpg"))
