@@ -245,11 +245,14 @@ class DenseDataset(Dataset, ABC):
         sample = self._load(index, with_depth="depth" in self.tasks or derive_normals)
         if normals_file is not None:
             sample = _with_precomputed_normals(sample, normals_file)
-        for task in sorted(self.tasks):
+        for task in sorted(self.tasks - self.builtin_targets - set(TARGETLESS_TASKS)):
             reader = self.target_reader(task)
-            if reader is not None:
-                reader(self, index, sample)
-                _check_reader_output(self, task, sample)
+            if reader is None:
+                raise DatasetError(f"no {task!r} target reader is registered on {type(self).__name__} in this process;"
+                                   " register it when the module that defines it is imported (DataLoader workers "
+                                   "started with 'spawn' import only what they unpickle)")
+            reader(self, index, sample)
+            _check_reader_output(self, task, sample)
         return sample
 
     def __getitem__(self, index: int) -> Sample:
