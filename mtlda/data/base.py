@@ -74,10 +74,9 @@ class DenseDataset(Dataset, ABC):
     """Base of the data set loaders; ``dataset[i]`` is a :class:`Sample` at ``size`` (h, w) (or the crop size).
 
     ``depth_cap`` (metres) masks out farther depth (:func:`mtlda.data.registry.build_dataset` passes the data
-    set's ``max_depth``). ``normals_root`` is the
-    folder holding ``normals_mtlda`` (None: ``root``). ``allow_missing`` keeps the samples of a fixed split file
-    that exist instead of failing when some are missing (toycity copies hold a few of the listed ones); loaders
-    whose splits are what is on disk ignore it.
+    set's ``max_depth``). ``normals_root`` is the folder holding ``normals_mtlda`` (None: ``root``).
+    ``allow_missing`` keeps the samples of a fixed split file that exist instead of failing when some are missing
+    (toycity copies hold a few of the listed ones); loaders whose splits are what is on disk ignore it.
     """
 
     name: ClassVar[str]  # registry name, e.g. "cityscapes"
