@@ -133,7 +133,7 @@ def test_multitask_training_trains_segmentation_and_depth(multitask_run):
     groups = {g["name"]: g["lr"] for g in engine.optimizers["model"].param_groups}
     assert groups == {"backbone": 2e-4, "decoders": 1e-3, "exchange": 1e-3, "pose": 1e-4}
     saved = load_checkpoint(Path(scenario.cfg.workdir) / "last.pt")
-    assert set(saved["modules"]) == {"model", "pose"}
+    assert set(saved["modules"]) == {"model", "pose", "weighting"}
 
 
 def test_resume_continues_the_same_run(pretrained, multitask_run, tmp_path):

@@ -30,7 +30,7 @@ def test_uda_trains_resumes_and_evaluates_on_target(tmp_path):
     cfg = tiny(tmp_path, "train.iterations=2")
     engine, scenario, _ = train(cfg)
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
-    assert set(ckpt["modules"]) == {"model", "discriminators"}
+    assert set(ckpt["modules"]) == {"model", "discriminators", "weighting"}
     assert set(ckpt["optimizers"]) == {"model", "discriminators"}
     assert sorted(scenario.extra["discriminators"].keys()) == ["depth_s0", "depth_s1", "semseg_s0", "semseg_s1"]
     adam = ckpt["optimizers"]["discriminators"]
