@@ -14,6 +14,7 @@ from torch import Tensor
 
 from mtlda.constants import EDGE_POS_WEIGHT, IGNORE_INDEX
 from mtlda.distributed import global_denominator, global_max
+from mtlda.geometry import unit_vectors
 
 # berHu threshold c as a fraction of the largest absolute error over the valid pixels of the batch.
 BERHU_THRESHOLD_FRACTION = 0.2
@@ -69,11 +70,15 @@ def berhu_loss(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
 
 
 def normals_cosine_loss(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-    """Mean of 1 - cos(pred, target) over mask; pred (B, 3, H, W) is normalised first, target (B, 3, H, W) unit."""
+    """Mean of 1 - cos(pred, target) over mask (B, 1, H, W) bool; pred (B, 3, H, W) any length, target (B, 3, H, W).
+
+    The target must hold unit normals where the mask is valid (the Batch convention): it is used as it is, not
+    normalised again. The prediction is normalised with :func:`mtlda.geometry.unit_vectors`.
+    """
     _check_same_shape(pred, target, mask, 3)
     clean_pred = torch.where(mask, pred, torch.ones_like(pred))
-    clean_target = torch.where(mask, target, torch.ones_like(target))
-    cosine = (F.normalize(clean_pred, dim=1) * F.normalize(clean_target, dim=1)).sum(dim=1, keepdim=True)
+    clean_target = torch.where(mask, target, torch.zeros_like(target))
+    cosine = (unit_vectors(clean_pred, dim=1) * clean_target).sum(dim=1, keepdim=True)
     return _masked_mean(1 - cosine, mask)
 
 

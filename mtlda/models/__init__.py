@@ -1,13 +1,16 @@
 """Model core: ResNet encoder, 3-ways task decoders, cross-task exchange blocks and the multi-task network."""
 
+from mtlda.models.checkpointing import CHECKPOINTING
 from mtlda.models.decoder import ASPP, HeadSpec, TaskDecoder
 from mtlda.models.encoder import BACKBONES, ResNetEncoder
 from mtlda.models.exchange import MTEB, XTAM, PadNetBlock, attention, attention_downscale, explicit_attention
+from mtlda.models.memory_format import channels_last_input, to_channels_last
 from mtlda.models.network import MultiTaskNet, PadNetDecoder, build_network, format_parameter_counts
 
 __all__ = [
     "ASPP",
     "BACKBONES",
+    "CHECKPOINTING",
     "MTEB",
     "XTAM",
     "HeadSpec",
@@ -19,6 +22,8 @@ __all__ = [
     "attention",
     "attention_downscale",
     "build_network",
+    "channels_last_input",
     "explicit_attention",
     "format_parameter_counts",
+    "to_channels_last",
 ]

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtlda.models.checkpointing import run_segment
+
 NUM_BLOCKS = 5
 
 
@@ -54,6 +56,20 @@ def _conv_bn_relu(in_channels: int, out_channels: int, kernel: int = 1, dilation
     )
 
 
+class LayoutInvariantDropout(nn.Dropout):
+    """``nn.Dropout`` whose mask is drawn in (B, C, H, W) order whatever the input's memory format.
+
+    ``nn.Dropout`` draws its mask in storage order, so a channels_last tensor would drop other elements than the
+    same tensor in the default format for one RNG state; this keeps the two formats' training results equal. The
+    output keeps the input's memory format.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or x.is_contiguous():
+            return super().forward(x)
+        return torch.empty_like(x).copy_(super().forward(x.contiguous()))
+
+
 class ASPP(nn.Module):
     """Atrous spatial pyramid pooling: (B, in, H, W) -> (B, out, H, W).
 
@@ -68,7 +84,7 @@ class ASPP(nn.Module):
         self.branches = nn.ModuleList(branches)
         self.pool_proj = _conv_bn_relu(in_channels, out_channels)
         self.project = nn.Sequential(
-            _conv_bn_relu((len(rates) + 2) * out_channels, out_channels), nn.Dropout(dropout)
+            _conv_bn_relu((len(rates) + 2) * out_channels, out_channels), LayoutInvariantDropout(dropout)
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -113,6 +129,7 @@ class TaskDecoder(nn.Module):
 
     ``blocks`` (ModuleDict "4".."0") is the body shared in shape by every task; ``sides`` (ModuleDict by scale) are
     the task's prediction layers. Side output of scale s: (B, head.out_channels, H/2**s, W/2**s).
+    ``checkpoint_blocks``: recompute each block's activations in the backward pass (:mod:`mtlda.models.checkpointing`).
     """
 
     def __init__(
@@ -123,6 +140,7 @@ class TaskDecoder(nn.Module):
         channels: Sequence[int] = (64, 128, 128, 256, 256),
         aspp_rates: Sequence[int] = (6, 12, 18),
         aspp_dropout: float = 0.5,
+        checkpoint_blocks: bool = False,
     ) -> None:
         super().__init__()
         if len(channels) != NUM_BLOCKS or len(encoder_channels) != NUM_BLOCKS or len(encoder_strides) != NUM_BLOCKS:
@@ -140,6 +158,7 @@ class TaskDecoder(nn.Module):
                     f"decoder block {scale} runs at stride {self.block_strides[scale]}; change the dilation or scales."
                 )
         self.head = head
+        self.checkpoint_blocks = checkpoint_blocks
         blocks = {}
         in_stride = encoder_strides[4]
         for i in reversed(range(NUM_BLOCKS)):
@@ -175,7 +194,8 @@ class TaskDecoder(nn.Module):
             x = features[4]
         outputs = {}
         for i in range(first, last - 1, -1):
-            x = self.blocks[str(i)](x, features[i - 1] if i > 0 else None)
+            skip = features[i - 1] if i > 0 else None
+            x = run_segment(self.blocks[str(i)], x, skip, checkpointed=self.checkpoint_blocks)
             if str(i) in self.sides:
                 outputs[i] = self.sides[str(i)](x)
         return x, outputs

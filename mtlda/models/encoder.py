@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torchvision.models import resnet
 
 from mtlda.constants import INPUT_NORMALISATIONS
+from mtlda.models.checkpointing import run_segment
 
 _BUILDERS = {
     "resnet18": (resnet.resnet18, resnet.ResNet18_Weights.IMAGENET1K_V1),
@@ -100,7 +101,8 @@ class ResNetEncoder(nn.Module):
     ``pretrained``: ``"none"`` (random init), ``"imagenet"`` (torchvision weights: cache or download) or the path of
     a local torchvision ResNet state dict (``fc.*`` keys ignored). With ``num_frames > 1`` (pose network) the input
     stacks that many RGB frames along channels, and a pretrained ``conv1`` is tiled over the frames and divided by
-    ``num_frames`` so that the response to identical frames is unchanged.
+    ``num_frames`` so that the response to identical frames is unchanged. ``checkpoint_stages``: recompute the
+    activations of layer1..layer4 in the backward pass, block by block (see :mod:`mtlda.models.checkpointing`).
     """
 
     def __init__(
@@ -110,6 +112,7 @@ class ResNetEncoder(nn.Module):
         dilation: Sequence[bool] = (False, False, True),
         num_frames: int = 1,
         input_norm: str = "imagenet",
+        checkpoint_stages: bool = False,
     ) -> None:
         super().__init__()
         if input_norm not in INPUT_NORMALISATIONS:
@@ -122,6 +125,7 @@ class ResNetEncoder(nn.Module):
             raise ValueError(f"num_frames must be >= 1, got {num_frames}.")
         self.backbone = backbone
         self.num_frames = num_frames
+        self.checkpoint_stages = checkpoint_stages
         net = _build_resnet(backbone, dilation)
         if num_frames > 1:
             net.conv1 = nn.Conv2d(3 * num_frames, 64, kernel_size=7, stride=2, padding=3, bias=False)
@@ -180,8 +184,13 @@ class ResNetEncoder(nn.Module):
             raise ValueError(f"encoder expects a (B, {expected}, H, W) image tensor, got {tuple(image.shape)}.")
         x = (image - self.mean) / self.std
         f0 = self.relu(self.bn1(self.conv1(x)))
-        f1 = self.layer1(self.maxpool(f0))
-        f2 = self.layer2(f1)
-        f3 = self.layer3(f2)
-        f4 = self.layer4(f3)
+        f1 = self._stage(self.layer1, self.maxpool(f0))
+        f2 = self._stage(self.layer2, f1)
+        f3 = self._stage(self.layer3, f2)
+        f4 = self._stage(self.layer4, f3)
         return [f0, f1, f2, f3, f4]
+
+    def _stage(self, layer: nn.Sequential, x: Tensor) -> Tensor:
+        for block in layer:
+            x = run_segment(block, x, checkpointed=self.checkpoint_stages)
+        return x

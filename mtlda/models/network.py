@@ -12,6 +12,10 @@
   baselines: no skips, no exchange block, scale 0 only; ``decoder_channels[4]`` channels, ``aspp_rates`` rates.
 
 Outputs are ``dict[(task, scale), Tensor]`` of raw head outputs at stride 2**scale.
+
+``checkpointing`` (:mod:`mtlda.models.checkpointing`): ``encoder`` recomputes the activations of the encoder's
+residual blocks (layer1..layer4) in the backward pass; ``all`` also those of every decoder block and exchange block
+(the deeplab head, one small stride-16 head without blocks, is never checkpointed).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck
 
+from mtlda.models.checkpointing import CHECKPOINTING, run_segment
 from mtlda.models.deeplab import DeepLabDecoder
 from mtlda.models.decoder import NUM_BLOCKS, HeadSpec, TaskDecoder, decoder_block_strides, side_head
 from mtlda.models.encoder import ResNetEncoder
@@ -40,9 +45,10 @@ class PadNetDecoder(nn.Module):
 
     ``blocks["4"]``: 2 bottlenecks (in -> 256, stride 16), side scale 4 (initial prediction, optional);
     ``blocks["0"]``: 2 bottlenecks, side scale 0 bilinearly upsampled x``output_stride`` to the input size.
+    ``checkpoint_blocks``: recompute each block's activations in the backward pass.
     """
 
-    def __init__(self, in_channels: int, output_stride: int, head: HeadSpec) -> None:
+    def __init__(self, in_channels: int, output_stride: int, head: HeadSpec, checkpoint_blocks: bool = False) -> None:
         super().__init__()
         if not set(head.scales) <= set(PADNET_SCALES) or 0 not in head.scales:
             raise ValueError(
@@ -60,6 +66,7 @@ class PadNetDecoder(nn.Module):
         )
         self.head = head
         self.output_stride = output_stride
+        self.checkpoint_blocks = checkpoint_blocks
         self.blocks = nn.ModuleDict(
             {
                 "4": nn.Sequential(
@@ -80,7 +87,7 @@ class PadNetDecoder(nn.Module):
         for name in ("4", "0"):
             if not first >= int(name) >= last:
                 continue
-            x = self.blocks[name](x)
+            x = run_segment(self.blocks[name], x, checkpointed=self.checkpoint_blocks)
             if name in self.sides:
                 prediction = self.sides[name](x)
                 if name == "0":
@@ -96,7 +103,7 @@ class MultiTaskNet(nn.Module):
 
     Attributes: ``encoder``, ``decoders`` (ModuleDict by task), ``exchange`` (ModuleDict by stage as str),
     ``tasks`` (sorted tuple), ``heads``. A decoder's body is ``decoders[task].blocks``, its heads
-    ``decoders[task].sides``.
+    ``decoders[task].sides``. ``checkpoint_exchange``: recompute the exchange blocks' activations in the backward pass.
     """
 
     def __init__(
@@ -105,9 +112,11 @@ class MultiTaskNet(nn.Module):
         decoders: Mapping[str, nn.Module],
         exchange: Mapping[int, nn.Module],
         heads: Mapping[str, HeadSpec],
+        checkpoint_exchange: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = encoder
+        self.checkpoint_exchange = checkpoint_exchange
         self.tasks = tuple(sorted(decoders))
         self.heads = {task: heads[task] for task in self.tasks}
         self.decoders = nn.ModuleDict({task: decoders[task] for task in self.tasks})
@@ -150,7 +159,8 @@ class MultiTaskNet(nn.Module):
         first = NUM_BLOCKS - 1
         for stage, block in self.exchange.items():
             run_blocks(first, int(stage))
-            states.update(block(states))
+            # A copy: a checkpointed block is recomputed from the very dict it was given, and states changes next.
+            states.update(run_segment(block, dict(states), checkpointed=self.checkpoint_exchange))
             first = int(stage) - 1
         if first >= 0:
             run_blocks(first, 0)
@@ -190,12 +200,13 @@ def format_parameter_counts(counts: Mapping[str, int]) -> str:
     return "\n".join(f"{name:<{width}}  {count:>13,}  ({count / 1e6:.2f}M)" for name, count in counts.items())
 
 
-def _validate(cfg: ModelConfig, heads: Mapping[str, HeadSpec]) -> None:
+def _validate(cfg: ModelConfig, heads: Mapping[str, HeadSpec], checkpointing: str) -> None:
     choices = {
         "architecture": (cfg.architecture, ARCHITECTURES),
         "block": (cfg.block, BLOCKS),
         "attention": (cfg.attention, ATTENTION_KINDS),
         "fusion": (cfg.fusion, FUSIONS),
+        "checkpointing": (checkpointing, CHECKPOINTING),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
@@ -211,22 +222,28 @@ def _validate(cfg: ModelConfig, heads: Mapping[str, HeadSpec]) -> None:
             raise ValueError(f"model.stages: {cfg.stages} must be distinct decoder stages in 0..4.")
 
 
-def build_network(cfg: ModelConfig, heads: Mapping[str, HeadSpec]) -> MultiTaskNet:
+def build_network(cfg: ModelConfig, heads: Mapping[str, HeadSpec], checkpointing: str = "none") -> MultiTaskNet:
     """Build the network of ``cfg`` with one prediction head per task (``heads``: task name -> HeadSpec).
 
     The heads' scales decide the side outputs (``cfg.scales`` is for the caller that builds the heads);
     ``architecture: padnet`` ignores ``block``/``stages``/``decoder_channels``; ``sync_bn`` is applied by the
-    training engine under DDP.
+    training engine under DDP. ``checkpointing``: "none", "encoder" or "all" (see the module docstring).
     """
-    _validate(cfg, heads)
-    encoder = ResNetEncoder(cfg.backbone, cfg.pretrained, cfg.dilation, input_norm=cfg.input_norm)
+    _validate(cfg, heads, checkpointing)
+    checkpoint_all = checkpointing == "all"
+    encoder = ResNetEncoder(
+        cfg.backbone, cfg.pretrained, cfg.dilation, input_norm=cfg.input_norm, checkpoint_stages=checkpointing != "none"
+    )
     tasks = sorted(heads)
     exchange: dict[int, nn.Module] = {}
     if cfg.architecture == "padnet":
-        decoders = {task: PadNetDecoder(encoder.num_channels[4], encoder.strides[4], heads[task]) for task in tasks}
+        decoders = {
+            task: PadNetDecoder(encoder.num_channels[4], encoder.strides[4], heads[task], checkpoint_all)
+            for task in tasks
+        }
         if len(tasks) > 1:
             exchange[NUM_BLOCKS - 1] = PadNetBlock(tasks, PADNET_CHANNELS)
-        return MultiTaskNet(encoder, decoders, exchange, heads)
+        return MultiTaskNet(encoder, decoders, exchange, heads, checkpoint_all)
     if cfg.architecture == "deeplab":
         decoders = {task: DeepLabDecoder(encoder.num_channels[4], encoder.strides[4], heads[task],
                                          cfg.decoder_channels[4], cfg.aspp_rates, cfg.aspp_dropout) for task in tasks}
@@ -234,7 +251,7 @@ def build_network(cfg: ModelConfig, heads: Mapping[str, HeadSpec]) -> MultiTaskN
 
     decoders = {
         task: TaskDecoder(encoder.num_channels, encoder.strides, heads[task], cfg.decoder_channels, cfg.aspp_rates,
-                          cfg.aspp_dropout)
+                          cfg.aspp_dropout, checkpoint_all)
         for task in tasks
     }
     if len(tasks) > 1 and cfg.block != "none":
@@ -253,4 +270,4 @@ def build_network(cfg: ModelConfig, heads: Mapping[str, HeadSpec]) -> MultiTaskN
                     attention=cfg.attention,
                     use_alpha=cfg.use_alpha,
                 )
-    return MultiTaskNet(encoder, decoders, exchange, heads)
+    return MultiTaskNet(encoder, decoders, exchange, heads, checkpoint_all)
