@@ -1,22 +1,15 @@
-"""The command line: options every script shares, experiment selection, config resolution, errors and exit codes.
-
-Bad input (a missing file, an unknown config key, an unset data set variable, a NaN loss, a full disk) prints one
-line on stderr naming the problem and its fix and exits with code 2, without a traceback (set ``MTLDA_DEBUG=1``
-to see one): every error a user can cause is an :class:`~mtlda.errors.MtldaError` (or an operating-system error).
-Any other exception is a bug and keeps its traceback. Ctrl-C / SIGTERM exit with 130 after the engine has saved
-``last.pt``.
-"""
+"""The command line: options every training command shares, experiment selection and config resolution (the
+error conventions and exit codes are :mod:`mtlda.running`)."""
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from mtlda.config import ConfigError, dump_config, load_config
-from mtlda.errors import MtldaError, UserInputError
+from mtlda.errors import UserInputError
 from mtlda.schema import ExperimentConfig
 from mtlda.tasks import check_codes
 
@@ -110,32 +103,3 @@ def refuse_selection_with_config(args: argparse.Namespace, flags: Sequence[str])
 
 def print_config(cfg: ExperimentConfig) -> None:
     sys.stdout.write(dump_config(cfg))
-
-
-def user_message(err: BaseException) -> str:
-    """The one line shown for a user error (the original message of an error raised in a DataLoader worker)."""
-    text = str(err).strip()
-    if text.startswith("Caught ") and "DataLoader worker" in text:
-        lines = [line for line in text.splitlines() if line.strip()]
-        for line in reversed(lines):
-            head, sep, rest = line.partition(": ")
-            if sep and head.strip().split(".")[-1].endswith(("Error", "Exception")):
-                return rest.strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-def run_main(main: Callable[[], int | None]) -> None:
-    """Run a script's ``main`` with the error conventions above and exit with its code."""
-    from mtlda.scenarios.interrupts import Interrupted
-
-    try:
-        code = main() or 0
-    except (Interrupted, KeyboardInterrupt) as stop:
-        print(f"interrupted: {stop}" if str(stop) else "interrupted", file=sys.stderr)
-        code = 130
-    except (MtldaError, OSError) as err:
-        if os.environ.get("MTLDA_DEBUG"):
-            raise
-        print(f"error: {user_message(err)}", file=sys.stderr)
-        code = 2
-    sys.exit(code)

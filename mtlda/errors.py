@@ -14,3 +14,7 @@ class MtldaError(Exception):
 
 class UserInputError(MtldaError, ValueError):
     """An invalid value given by the user (an option, a config value, a task code, a data set name)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped on request (Ctrl-C, SIGTERM); the message says what is on disk and how to continue."""

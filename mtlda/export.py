@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from mtlda.api import load_model
 from mtlda.errors import UserInputError
-from mtlda.files import atomic_writer
+from mtlda.files import atomic_path, write_text_atomic
 from mtlda.models.network import MultiTaskNet
 from mtlda.schema import ExperimentConfig
 
@@ -92,15 +92,9 @@ def export_model(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike
     wrapper = RawOutputs(model).eval()
     example = torch.rand(1, 3, height, width)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial")
-    try:
-        with torch.no_grad():
-            _write(wrapper, example, fmt, partial)
-            shapes = [list(output.shape[1:]) for output in wrapper(example)]
-        os.replace(partial, out)
-    finally:
-        partial.unlink(missing_ok=True)
+    with atomic_path(out) as partial, torch.no_grad():
+        _write(wrapper, example, fmt, partial)
+        shapes = [list(output.shape[1:]) for output in wrapper(example)]
     description = {
         "format": fmt,
         "checkpoint": str(checkpoint),
@@ -108,6 +102,5 @@ def export_model(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike
         "outputs": [{"name": task, "shape": ["B", *shape], "decoding": decoding(cfg, task)}
                     for task, shape in zip(wrapper.tasks, shapes)],
     }
-    with atomic_writer(f"{out}.json") as handle:
-        handle.write((json.dumps(description, indent=2) + "\n").encode())
+    write_text_atomic(f"{out}.json", json.dumps(description, indent=2) + "\n")
     return description

@@ -1,7 +1,9 @@
-"""Atomic file writes: the one implementation every writer of mtlda uses (checkpoints, configs, results, data).
+"""Atomic file writes: the one implementation every writer of mtlda uses (checkpoints, configs, results, data,
+plots, exported models).
 
 A file is written under a temporary name in its own folder, flushed and fsynced, then renamed over the target,
-so a crash, a kill or a full disk never leaves a truncated file: readers see the old file or the new one.
+so a crash, a kill or a full disk never leaves a truncated file: readers see the old file or the new one. The file
+gets the permissions of an ordinary new file (0666 minus the umask).
 """
 
 from __future__ import annotations
@@ -20,33 +22,46 @@ class WriteError(MtldaError, OSError):
     """A file could not be written (full disk, read-only folder, a file where a folder should be)."""
 
 
-@contextlib.contextmanager
-def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """Context manager yielding a binary handle whose content replaces ``path`` atomically on success.
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
-    On any error the temporary file is removed, ``path`` is left as it was, and OSError becomes :class:`WriteError`
-    naming the file and the cause.
-    """
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path in ``path``'s folder to write to (also for writers that need a file name, such as model
+    exporters); on success the file is fsynced and renamed over ``path``, on any error it is removed and ``path``
+    is left as it was. OSError becomes :class:`WriteError` naming the file and the cause."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
     except OSError as err:
         raise WriteError(f"cannot write {path}: {err.strerror or err} (check the folder exists, is a folder and is "
                          "writable)") from err
+    temporary = Path(name)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
+        yield temporary
+        with open(temporary, "rb+") as handle:
+            os.fchmod(handle.fileno(), 0o666 & ~_umask())
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        os.replace(temporary, path)
     except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise WriteError(f"cannot write {path}: {err.strerror or err}; the previous file (if any) is unchanged "
                          "(free disk space or choose another folder)") from err
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary handle whose content replaces ``path`` atomically on success (see :func:`atomic_path`)."""
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
+        yield handle
 
 
 def write_bytes_atomic(path: str | os.PathLike, payload: bytes) -> None:

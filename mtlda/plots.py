@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +17,8 @@ import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from mtlda.files import atomic_writer
 
 Series = Sequence[tuple[int, float]]
 RunScalars = Mapping[str, Series]
@@ -61,12 +62,10 @@ def _figure(size_px: tuple[int, int]) -> Iterator[Figure]:
 
 
 def _save(figure: Figure, out: Path) -> Path:
-    """Write ``figure`` to ``out`` (PNG) through a temporary file, so a reader never sees half an image."""
+    """Write ``figure`` to ``out`` (PNG) atomically, so a reader never sees half an image."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.stem}.partial.png")
-    figure.savefig(partial, dpi=DPI, format="png")
-    os.replace(partial, out)
+    with atomic_writer(out) as handle:
+        figure.savefig(handle, dpi=DPI, format="png")
     return out
 
 

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import time
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
+
+from mtlda.files import write_text_atomic
 
 LOG_NAME = "log.txt"
 SCALARS_NAME = "scalars.csv"
@@ -180,9 +181,7 @@ class RunLogger:
                     kept.append(line)
                 else:
                     dropped += 1
-        partial = self.scalars_path.with_name(f".{SCALARS_NAME}.partial")
-        partial.write_text("".join(f"{line}\n" for line in [",".join(CSV_HEADER), *kept]), encoding="utf-8")
-        os.replace(partial, self.scalars_path)
+        write_text_atomic(self.scalars_path, "".join(f"{line}\n" for line in [",".join(CSV_HEADER), *kept]))
         return dropped
 
     def info(self, message: str) -> None:

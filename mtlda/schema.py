@@ -136,6 +136,7 @@ class UDAConfig:
     source: DataConfig = field(default_factory=DataConfig)
     lambda_adv: float = field(default=5e-3, metadata=at_least(0.0))  # Eq. 9: summed over tasks
     adv_scales: list[int] = field(default_factory=lambda: [0, 1])
+    disc_optimizer: str = "adam"  # adam (ADVENT, official code) | sgd (with optim.momentum)
     disc_lr: float = field(default=1e-4, metadata=at_least(0.0))
     disc_betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     spectral_norm: bool = False  # spectral normalisation of the discriminators' convolutions (official code)

@@ -1,6 +1,6 @@
 """normals_io, scripts/prepare_normals.py and scripts/check_data.py."""
 
-import importlib.util
+import importlib
 import os
 import shutil
 import subprocess
@@ -24,10 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"mtlda.commands.{name}")
 
 
 @pytest.fixture(scope="module")

@@ -33,12 +33,13 @@ COMMANDS: dict[str, Command] = {
     "evaluate": Command("evaluate a checkpoint on a validation split", "mtlda.commands.evaluate"),
     "predict": Command("predict every task of a trained model on images", "mtlda.commands.predict"),
     "results": Command("aggregate finished runs over seeds into tables and plots", "mtlda.commands.results"),
-    "check-data": Command("check a data set folder before training", None),
-    "prepare-normals": Command("precompute surface normals from a data set's depth", None),
+    "check-data": Command("check a data set folder before training", "mtlda.commands.check_data"),
+    "prepare-normals": Command("precompute surface normals from a data set's depth",
+                               "mtlda.commands.prepare_normals"),
     "benchmark": Command("time and memory per iteration of model configurations", None),
-    "sweep": Command("run an experiment over several seeds", None),
-    "import-weights": Command("import published weights into an mtlda checkpoint", None),
-    "export": Command("export a trained model to TorchScript or ONNX", None),
+    "sweep": Command("run a grid of config overrides over seeds, resumably, into one results table", None),
+    "import-weights": Command("import published weights into an mtlda checkpoint", "mtlda.commands.import_weights"),
+    "export": Command("export a trained model to TorchScript or ONNX", "mtlda.commands.export"),
     "export-weights": Command("write a weights-only file (model, config, metadata) of a checkpoint",
                               "mtlda.commands.export_weights"),
 }
@@ -96,11 +97,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run() -> None:
-    """The ``mtlda`` console script: :func:`main` under the error conventions of :func:`mtlda.cli.run_main`
+    """The ``mtlda`` console script: :func:`main` under the error conventions of :func:`mtlda.running.run_main`
     (help and version are answered without importing torch)."""
     args = sys.argv[1:]
     if not args or args[0] in (*HELP_FLAGS, "--version"):
         sys.exit(main(args))
-    from mtlda.cli import run_main
+    from mtlda.running import run_main
 
     run_main(main)

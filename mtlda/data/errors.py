@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import re
 
+from mtlda.errors import MtldaError
+
 _WORKER_HEADER = re.compile(r"Caught (?P<type>\w+) in DataLoader worker process \d+\.\nOriginal Traceback")
 
 
-class DatasetError(ValueError):
+class DatasetError(MtldaError, ValueError):
     """A data set folder or file is missing, empty or unreadable; the message names it and how to fix it."""
 
 

@@ -9,8 +9,6 @@ is renamed into place, so a crash leaves either the old file or the new one, nev
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from io import BytesIO
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import cv2
 import numpy as np
 
 from mtlda.data.errors import DatasetError
+from mtlda.files import write_bytes_atomic
 
 
 def require_file(path: Path, what: str) -> Path:
@@ -81,25 +80,13 @@ def read_text_lines(path: Path, what: str) -> list[str]:
 
 
 def write_atomic(path: str | Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` (folders created): a temporary file in the same folder is written, flushed to
-    disk (fsync) and renamed over ``path``, so ``path`` is never seen incomplete, even after a crash."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``payload`` to ``path`` atomically (:func:`mtlda.files.write_bytes_atomic`)."""
+    write_bytes_atomic(path, payload)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` with :func:`write_atomic`."""
-    write_atomic(path, text.encode("utf-8"))
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_image(path: Path, image: np.ndarray) -> None:

@@ -26,7 +26,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from mtlda.config import save_config, to_dict
-from mtlda.distributed import DistInfo, PeerFailure, all_reduce_mean, gather_objects, is_peer_failure
+from mtlda.distributed import DistInfo, PeerFailure, all_reduce_mean, barrier, gather_objects, is_peer_failure
 from mtlda.errors import MtldaError, UserInputError
 from mtlda.runlog import RunLogger, format_postfix
 from mtlda.scenarios.checkpoint import (
@@ -218,11 +218,13 @@ class Engine:
         }
 
     def save(self, name: str = "last.pt") -> Path:
+        """Write a checkpoint (on the main process); every rank returns once it is on disk."""
         path = self.workdir / name
         state = self.state()
         if self.is_main:
             save_checkpoint(state, path)
-            self.saved[name] = self.iteration
+        self.saved[name] = self.iteration
+        barrier()
         return path
 
     def load_modules(self, ckpt: Mapping[str, Any], names: Sequence[str] | None = None) -> None:

@@ -15,10 +15,9 @@ import torch
 import torch.distributed as dist
 
 from mtlda.distributed import is_distributed
+from mtlda.errors import Interrupted
 
-
-class Interrupted(KeyboardInterrupt):
-    """The run stopped on request; the message says what is on disk and how to continue."""
+__all__ = ["Interrupted", "StopRequest"]
 
 
 class StopRequest:

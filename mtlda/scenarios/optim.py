@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from mtlda.errors import UserInputError
 from mtlda.schema import OptimConfig
 
 # Devices with fused Adam and SGD kernels in every supported torch (>= 2.4).
@@ -26,19 +27,19 @@ def build_optimizer(groups: Mapping[str, Sequence[nn.Parameter]], cfg: OptimConf
         if not params:
             continue
         if name not in cfg.lr:
-            raise ValueError(
+            raise UserInputError(
                 f"no learning rate for parameter group {name!r}: set optim.lr.{name} "
                 f"(groups with rates: {', '.join(sorted(cfg.lr))})"
             )
         param_groups.append({"params": params, "lr": cfg.lr[name], "name": name})
     if not param_groups:
-        raise ValueError("nothing to optimise: every parameter group is empty or frozen")
+        raise UserInputError("nothing to optimise: every parameter group is empty or frozen")
     kernel = _kernel_choice([p for group in param_groups for p in group["params"]])
     if cfg.name == "adam":
         return torch.optim.Adam(param_groups, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, **kernel)
     if cfg.name == "sgd":
         return torch.optim.SGD(param_groups, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **kernel)
-    raise ValueError(f"optim.name must be 'adam' or 'sgd', got {cfg.name!r}")
+    raise UserInputError(f"optim.name must be 'adam' or 'sgd', got {cfg.name!r}")
 
 
 def _kernel_choice(params: Sequence[nn.Parameter]) -> dict[str, bool]:
@@ -59,7 +60,7 @@ def lr_factor(cfg: OptimConfig, iteration: int, total: int) -> float:
         return cfg.gamma ** sum(iteration >= step for step in cfg.step_at)
     if cfg.schedule == "poly":
         return max(0.0, 1.0 - iteration / max(total, 1)) ** cfg.poly_power
-    raise ValueError(f"optim.schedule must be constant, step or poly, got {cfg.schedule!r}")
+    raise UserInputError(f"optim.schedule must be constant, step or poly, got {cfg.schedule!r}")
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total: int) -> LambdaLR:

@@ -68,8 +68,8 @@ class UDAScenario(DenseScenario):
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
         uda = self.cfg.uda
-        disc = replace(self.cfg.optim, name="adam", lr={"discriminators": uda.disc_lr}, betas=list(uda.disc_betas),
-                       weight_decay=0.0, schedule="poly", grad_clip=0.0)
+        disc = replace(self.cfg.optim, name=uda.disc_optimizer, lr={"discriminators": uda.disc_lr},
+                       betas=list(uda.disc_betas), weight_decay=0.0, schedule="poly", grad_clip=0.0)
         specs = super().optimizers()
         specs["discriminators"] = OptimizerSpec(
             {"discriminators": list(self.extra["discriminators"].parameters())}, disc, clip=False)
