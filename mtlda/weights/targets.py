@@ -1,49 +1,43 @@
-"""The mtlda modules an experiment's checkpoint holds, built from the config alone (no data is read).
-
-The heads follow the scenarios' rules (``DenseScenario.heads`` and ``SDEScenario.heads``): every task at
-``model.scales``; for ``sde``, the ``disp`` head (sigmoid, ``sde.disp_scales``) and, in the multi-task stage, the
-supervised tasks at ``sde.supervised_scales``. The pose net of ``sde`` is ``PoseNet(sde.pose_backbone)``.
-"""
+"""The mtlda modules an experiment's checkpoint holds, built by its scenario from the config alone (no data set is
+read): the network with the scenario's heads and, for ``sde``, the pose net."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from mtlda.data.registry import dataset_info
-from mtlda.models.decoder import HeadSpec
-from mtlda.models.network import MultiTaskNet, build_network
-from mtlda.models.pose import PoseNet
+from mtlda.models.network import MultiTaskNet
+from mtlda.scenarios.dense import DenseScenario
+from mtlda.scenarios.engine import Engine
+from mtlda.scenarios.registry import scenario_class
 from mtlda.schema import ExperimentConfig
-from mtlda.tasks import DisparityTask, build_tasks
 
-SDE = "sde"
+# Checkpoint modules that hold trained weights an import can provide (discriminators and weighting state are
+# training-only).
+WEIGHT_MODULES = ("model", "pose")
 
 
-def experiment_heads(cfg: ExperimentConfig) -> dict[str, HeadSpec]:
+def experiment_scenario(cfg: ExperimentConfig, device: torch.device | str = "cpu") -> DenseScenario:
+    """The experiment's scenario for inference on ``device`` (``"meta"``: shapes only)."""
+    device = torch.device(device)
+    with torch.device(device):
+        engine = Engine(cfg, Path(cfg.workdir), device, show_progress=False)
+        return scenario_class(cfg.scenario)(cfg, engine, train=False, with_data=False)
+
+
+def experiment_heads(cfg: ExperimentConfig) -> dict:
     """Task name -> head of the network the experiment's scenario builds."""
-    if cfg.scenario != SDE:
-        scales = tuple(sorted(cfg.model.scales))
-        tasks = build_tasks(cfg, dataset_info(cfg.data))
-        return {name: HeadSpec(task.out_channels, scales) for name, task in tasks.items()}
-    heads = {DisparityTask.name: HeadSpec(1, tuple(sorted(cfg.sde.disp_scales)), apply_sigmoid=True)}
-    if cfg.sde.stage == "multitask":
-        scales = tuple(sorted(cfg.sde.supervised_scales))
-        tasks = build_tasks(cfg, dataset_info(cfg.data))
-        heads.update({name: HeadSpec(task.out_channels, scales) for name, task in tasks.items()})
-    return heads
+    return experiment_scenario(cfg, "meta").heads()
 
 
 def build_experiment_model(cfg: ExperimentConfig, device: torch.device | str = "cpu") -> MultiTaskNet:
     """The experiment's network on ``device`` (``"meta"``: shapes only, for checking and assigning weights)."""
-    with torch.device(device):
-        return build_network(cfg.model, experiment_heads(cfg))
+    return experiment_scenario(cfg, device).inference_model()
 
 
 def build_experiment_modules(cfg: ExperimentConfig, device: torch.device | str = "cpu") -> dict[str, nn.Module]:
     """Checkpoint module name -> module: ``model``, plus ``pose`` for the sde scenario."""
-    modules: dict[str, nn.Module] = {"model": build_experiment_model(cfg, device)}
-    if cfg.scenario == SDE:
-        with torch.device(device):
-            modules["pose"] = PoseNet(cfg.sde.pose_backbone, "none")
-    return modules
+    modules = experiment_scenario(cfg, device).modules()
+    return {name: module for name, module in modules.items() if name in WEIGHT_MODULES}
