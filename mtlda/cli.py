@@ -10,6 +10,7 @@ from pathlib import Path
 
 from mtlda.config import ConfigError, dump_config, load_config
 from mtlda.errors import UserInputError
+from mtlda.models.blocks import EXCHANGE_BLOCKS
 from mtlda.schema import ExperimentConfig
 from mtlda.tasks import check_codes
 
@@ -17,7 +18,6 @@ EXPERIMENTS = Path(__file__).resolve().parent / "experiments"
 # UDA experiment folders by (source, target) data set.
 UDA_PAIRS = {("toycity", "toycity"): "toycity", ("synthia", "cityscapes"): "synthia2cityscapes",
              ("vkitti2", "cityscapes"): "vkitti2cityscapes"}
-BLOCK_CHOICES = ("mteb", "padnet", "none")
 
 
 def find_config(path: str) -> Path:
@@ -40,6 +40,11 @@ def experiment_file(scenario: str, folder: str, stem: str) -> Path:
         raise UserInputError(f"no experiment {scenario}/{folder}/{stem}.yaml; available for {folder}: "
                              f"{', '.join(have) or 'none'} (or pass --config FILE)")
     return path
+
+
+def block_choices() -> tuple[str, ...]:
+    """The registered exchange blocks (``--block`` choices)."""
+    return EXCHANGE_BLOCKS.names()
 
 
 def parse_task_codes(text: str) -> list[str]:

@@ -74,15 +74,15 @@ def test_build_tasks_in_sorted_name_order():
 
 
 def test_task_codes_come_from_the_registry_and_bad_codes_are_named():
-    assert task_codes() == {"D": "depth", "E": "edges", "N": "normals", "S": "semseg"}
+    assert task_codes().items() >= {"D": "depth", "E": "edges", "N": "normals", "S": "semseg"}.items()
     assert "disp" in TASKS and TASKS.get("disp").code == ""
     assert check_codes(["S", "D"]) == ["depth", "semseg"]
     for codes, message in ((["S", "X"], "unknown task code"), ([], "no task given"), (["s"], "upper case: S"),
                            (["S", "S"], "must not repeat")):
         with pytest.raises(UserInputError, match=message):
             check_codes(codes)
-    with pytest.raises(UserInputError, match="registered: depth, disp, edges, normals, semseg"):
-        TASKS.get("height")
+    with pytest.raises(UserInputError, match="unknown task 'heigth'.*registered: depth, disp, edges, normals, semseg"):
+        TASKS.get("heigth")
 
 
 def test_default_weights_from_the_paper():

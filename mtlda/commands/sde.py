@@ -29,7 +29,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from mtlda.cli import BLOCK_CHOICES, experiment_file, experiment_parser, print_config, resolve_config
+from mtlda.cli import block_choices, experiment_file, experiment_parser, print_config, resolve_config
+from mtlda.data.catalog import dataset_names
 from mtlda.distributed import shutdown_distributed
 from mtlda.errors import UserInputError
 from mtlda.scenarios.checkpoint import isolated_rng
@@ -37,18 +38,18 @@ from mtlda.scenarios.runner import build_scenario, checkpoint_config, evaluate_a
 from mtlda.scenarios.sde import STAGES, load_pretrained_depth
 from mtlda.schema import ExperimentConfig
 
-DATASETS = ("toycity", "cityscapes")
 Results = dict[str, dict[str, float]]
 
 
 def parser() -> argparse.ArgumentParser:
     p = experiment_parser(__doc__)
     p.add_argument("--stage", choices=STAGES, help="run one stage (default: both, pretrain then multitask)")
-    p.add_argument("--block", choices=BLOCK_CHOICES, help="exchange block of the multi-task stage (default: mteb)")
+    p.add_argument("--block", choices=block_choices(), help="exchange block of the multi-task stage (default: mteb)")
     p.add_argument("--init-from", metavar="CKPT",
                    help="pretrain checkpoint the multi-task stage starts from (default: the experiment's "
                         "sde.init_from, the pretrain run of the same seed)")
-    p.add_argument("--dataset", choices=DATASETS, help="data set with sequences (default: toycity, built in)")
+    p.add_argument("--dataset", choices=dataset_names(toycity=True, sequences=True),
+                   help="data set with sequences (default: toycity, built in)")
     return p
 
 

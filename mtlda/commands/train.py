@@ -21,7 +21,7 @@ import argparse
 from collections.abc import Sequence
 
 from mtlda.cli import (
-    BLOCK_CHOICES,
+    block_choices,
     experiment_file,
     experiment_parser,
     experiment_stem,
@@ -30,16 +30,16 @@ from mtlda.cli import (
     refuse_selection_with_config,
     resolve_config,
 )
-from mtlda.data.registry import DATASETS
+from mtlda.data.catalog import dataset_names
 from mtlda.scenarios.runner import checkpoint_config, evaluate_and_report, train_and_report
 from mtlda.schema import ExperimentConfig
 
 
 def parser() -> argparse.ArgumentParser:
     p = experiment_parser(__doc__)
-    p.add_argument("--dataset", choices=DATASETS, help="data set (default: toycity, built in)")
+    p.add_argument("--dataset", choices=dataset_names(toycity=True), help="data set (default: toycity, built in)")
     p.add_argument("--tasks", help="task codes among S,D,N,E, e.g. S,D (default: S,D,N)")
-    p.add_argument("--block", choices=BLOCK_CHOICES,
+    p.add_argument("--block", choices=block_choices(),
                    help="exchange block of the 3-ways decoders (default: mteb; one task: the single-task baseline)")
     return p
 

@@ -23,7 +23,7 @@ import argparse
 from collections.abc import Sequence
 
 from mtlda.cli import (
-    BLOCK_CHOICES,
+    block_choices,
     UDA_PAIRS,
     experiment_file,
     experiment_parser,
@@ -47,7 +47,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tgt", choices=TARGETS,
                    help="target domain (default: cityscapes for real sources, toycity textured for toycity)")
     p.add_argument("--tasks", help="task codes (default: S,D; one task: STL-UDA)")
-    p.add_argument("--block", choices=BLOCK_CHOICES, help="exchange block (default: mteb)")
+    p.add_argument("--block", choices=block_choices(), help="exchange block (default: mteb)")
     p.add_argument("--no-adapt", action="store_true", help="source-only baseline (no discriminators)")
     return p
 

@@ -3,7 +3,8 @@
 ``cfg.architecture``:
 
 * ``3ways``: :class:`TaskDecoder` per task. The blocks run 4..s for every task, then the exchange block of stage s
-  (``cfg.block``: mteb | padnet | none), then the remaining blocks, for each stage in ``cfg.stages`` (descending).
+  (``cfg.block``, from :data:`mtlda.models.blocks.EXCHANGE_BLOCKS`: mteb | padnet | none | any registered block),
+  then the remaining blocks, for each stage in ``cfg.stages`` (descending).
   One task is the single-task baseline (no exchange block).
 * ``padnet``: the original PAD-Net: per task, two bottlenecks on the stride-16 encoder map with an initial
   prediction (scale 4), PAD-Net distillation at 256 channels, two more bottlenecks and a final prediction
@@ -21,81 +22,20 @@ residual blocks (layer1..layer4) in the backward pass; ``all`` also those of eve
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.resnet import Bottleneck
 
+from mtlda.errors import UserInputError
+from mtlda.models.blocks import EXCHANGE_BLOCKS
 from mtlda.models.checkpointing import CHECKPOINTING, run_segment
 from mtlda.models.deeplab import DeepLabDecoder
-from mtlda.models.decoder import NUM_BLOCKS, HeadSpec, TaskDecoder, decoder_block_strides, side_head
+from mtlda.models.decoder import NUM_BLOCKS, HeadSpec, TaskDecoder, decoder_block_strides
 from mtlda.models.encoder import ResNetEncoder
-from mtlda.models.exchange import ATTENTION_KINDS, FUSIONS, MTEB, PadNetBlock, attention_downscale
+from mtlda.models.exchange import ATTENTION_KINDS, FUSIONS, PadNetBlock
+from mtlda.models.padnet import PADNET_CHANNELS, PadNetDecoder
+from mtlda.registry import Registry
 from mtlda.schema import ModelConfig
-
-ARCHITECTURES = ("3ways", "deeplab", "padnet")
-BLOCKS = ("mteb", "padnet", "none")
-PADNET_CHANNELS = 256
-PADNET_SCALES = (0, 4)
-
-
-class PadNetDecoder(nn.Module):
-    """Original PAD-Net head of one task on the stride-16 encoder map.
-
-    ``blocks["4"]``: 2 bottlenecks (in -> 256, stride 16), side scale 4 (initial prediction, optional);
-    ``blocks["0"]``: 2 bottlenecks, side scale 0 bilinearly upsampled x``output_stride`` to the input size.
-    ``checkpoint_blocks``: recompute each block's activations in the backward pass.
-    """
-
-    def __init__(self, in_channels: int, output_stride: int, head: HeadSpec, checkpoint_blocks: bool = False) -> None:
-        super().__init__()
-        if not set(head.scales) <= set(PADNET_SCALES) or 0 not in head.scales:
-            raise ValueError(
-                f"architecture padnet predicts at scales 0 (final) and 4 (initial, optional); got scales "
-                f"{list(head.scales)}. Set the task's scales to [0, 4] or [0]."
-            )
-        if output_stride != 2 ** PADNET_SCALES[-1]:
-            raise ValueError(
-                f"architecture padnet needs the last encoder map at stride 16, got {output_stride}; use dilation "
-                f"[False, False, True]."
-            )
-        width = PADNET_CHANNELS // Bottleneck.expansion
-        shortcut = nn.Sequential(
-            nn.Conv2d(in_channels, PADNET_CHANNELS, 1, bias=False), nn.BatchNorm2d(PADNET_CHANNELS)
-        )
-        self.head = head
-        self.output_stride = output_stride
-        self.checkpoint_blocks = checkpoint_blocks
-        self.blocks = nn.ModuleDict(
-            {
-                "4": nn.Sequential(
-                    Bottleneck(in_channels, width, downsample=shortcut), Bottleneck(PADNET_CHANNELS, width)
-                ),
-                "0": nn.Sequential(Bottleneck(PADNET_CHANNELS, width), Bottleneck(PADNET_CHANNELS, width)),
-            }
-        )
-        self.sides = nn.ModuleDict({str(s): side_head(PADNET_CHANNELS, head) for s in sorted(head.scales)})
-
-    def run(
-        self, features: Sequence[Tensor], first: int, last: int, x: Tensor | None = None
-    ) -> tuple[Tensor, dict[int, Tensor]]:
-        """Blocks ``first``..``last`` (only "4" and "0" exist) -> (features (B, 256, H/16, W/16), {scale: output})."""
-        if x is None:
-            x = features[4]
-        outputs = {}
-        for name in ("4", "0"):
-            if not first >= int(name) >= last:
-                continue
-            x = run_segment(self.blocks[name], x, checkpointed=self.checkpoint_blocks)
-            if name in self.sides:
-                prediction = self.sides[name](x)
-                if name == "0":
-                    prediction = F.interpolate(
-                        prediction, scale_factor=self.output_stride, mode="bilinear", align_corners=False
-                    )
-                outputs[int(name)] = prediction
-        return x, outputs
 
 
 class MultiTaskNet(nn.Module):
@@ -202,72 +142,79 @@ def format_parameter_counts(counts: Mapping[str, int]) -> str:
 
 def _validate(cfg: ModelConfig, heads: Mapping[str, HeadSpec], checkpointing: str) -> None:
     choices = {
-        "architecture": (cfg.architecture, ARCHITECTURES),
-        "block": (cfg.block, BLOCKS),
         "attention": (cfg.attention, ATTENTION_KINDS),
         "fusion": (cfg.fusion, FUSIONS),
         "checkpointing": (checkpointing, CHECKPOINTING),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
-            raise ValueError(f"model.{key}: '{value}' is unknown; choose one of {', '.join(allowed)}.")
+            raise UserInputError(f"model.{key}: '{value}' is unknown; choose one of {', '.join(allowed)}.")
+    ARCHITECTURES.get(cfg.architecture)
+    EXCHANGE_BLOCKS.get(cfg.block)
     if not heads:
         raise ValueError("build_network needs at least one task head.")
     for task, spec in heads.items():
         if spec.out_channels < 1 or not spec.scales:
             raise ValueError(f"head of task '{task}' needs out_channels >= 1 and at least one scale, got {spec}.")
-    if cfg.architecture == "3ways" and len(heads) > 1 and cfg.block != "none":
-        bad = [s for s in cfg.stages if s not in range(NUM_BLOCKS)]
-        if bad or len(set(cfg.stages)) != len(cfg.stages):
-            raise ValueError(f"model.stages: {cfg.stages} must be distinct decoder stages in 0..4.")
+    bad = [s for s in cfg.stages if s not in range(NUM_BLOCKS)]
+    if bad or len(set(cfg.stages)) != len(cfg.stages):
+        raise UserInputError(f"model.stages: {cfg.stages} must be distinct decoder stages in 0..4.")
+
+
+Parts = tuple[dict[str, nn.Module], dict[int, nn.Module]]
+ArchitectureBuilder = Callable[[ModelConfig, ResNetEncoder, Mapping[str, HeadSpec], bool], Parts]
+ARCHITECTURES: Registry[ArchitectureBuilder] = Registry("decoder architecture (model.architecture)")
+
+
+@ARCHITECTURES.register("3ways")
+def build_3ways(cfg: ModelConfig, encoder: ResNetEncoder, heads: Mapping[str, HeadSpec], checkpoint_all: bool) -> Parts:
+    """A 3-ways decoder per task, the ``model.block`` exchange block at each of ``model.stages`` (several tasks)."""
+    tasks = sorted(heads)
+    decoders = {task: TaskDecoder(encoder.num_channels, encoder.strides, heads[task], cfg.decoder_channels,
+                                  cfg.aspp_rates, cfg.aspp_dropout, checkpoint_all) for task in tasks}
+    exchange: dict[int, nn.Module] = {}
+    if len(tasks) > 1:
+        block_strides = decoder_block_strides(encoder.strides)
+        for stage in cfg.stages:
+            block = EXCHANGE_BLOCKS.get(cfg.block)(tuple(tasks), cfg.decoder_channels[stage], block_strides[stage], cfg)
+            if block is not None:
+                exchange[stage] = block
+    return decoders, exchange
+
+
+@ARCHITECTURES.register("deeplab")
+def build_deeplab(cfg: ModelConfig, encoder: ResNetEncoder, heads: Mapping[str, HeadSpec],
+                  checkpoint_all: bool) -> Parts:
+    """The survey's DeepLab head per task, no exchange block (the paper's STL and MTL baselines)."""
+    decoders = {task: DeepLabDecoder(encoder.num_channels[4], encoder.strides[4], heads[task],
+                                     cfg.decoder_channels[4], cfg.aspp_rates, cfg.aspp_dropout)
+                for task in sorted(heads)}
+    return decoders, {}
+
+
+@ARCHITECTURES.register("padnet")
+def build_padnet_original(cfg: ModelConfig, encoder: ResNetEncoder, heads: Mapping[str, HeadSpec],
+                          checkpoint_all: bool) -> Parts:
+    """The original PAD-Net: its heads and its distillation block at 256 channels (``model.block`` is ignored)."""
+    tasks = sorted(heads)
+    decoders = {task: PadNetDecoder(encoder.num_channels[4], encoder.strides[4], heads[task], checkpoint_all)
+                for task in tasks}
+    exchange = {NUM_BLOCKS - 1: PadNetBlock(tasks, PADNET_CHANNELS)} if len(tasks) > 1 else {}
+    return decoders, exchange
 
 
 def build_network(cfg: ModelConfig, heads: Mapping[str, HeadSpec], checkpointing: str = "none") -> MultiTaskNet:
     """Build the network of ``cfg`` with one prediction head per task (``heads``: task name -> HeadSpec).
 
-    The heads' scales decide the side outputs (``cfg.scales`` is for the caller that builds the heads);
-    ``architecture: padnet`` ignores ``block``/``stages``/``decoder_channels``; ``sync_bn`` is applied by the
-    training engine under DDP. ``checkpointing``: "none", "encoder" or "all" (see the module docstring).
+    The heads' scales decide the side outputs (``cfg.scales`` is for the caller that builds the heads); the
+    architecture (``cfg.architecture``) and the exchange block (``cfg.block``) come from their registries; an
+    unknown name is an error listing the registered ones. ``sync_bn`` is applied by the scenario under DDP.
+    ``checkpointing``: "none", "encoder" or "all" (see the module docstring).
     """
     _validate(cfg, heads, checkpointing)
     checkpoint_all = checkpointing == "all"
     encoder = ResNetEncoder(
         cfg.backbone, cfg.pretrained, cfg.dilation, input_norm=cfg.input_norm, checkpoint_stages=checkpointing != "none"
     )
-    tasks = sorted(heads)
-    exchange: dict[int, nn.Module] = {}
-    if cfg.architecture == "padnet":
-        decoders = {
-            task: PadNetDecoder(encoder.num_channels[4], encoder.strides[4], heads[task], checkpoint_all)
-            for task in tasks
-        }
-        if len(tasks) > 1:
-            exchange[NUM_BLOCKS - 1] = PadNetBlock(tasks, PADNET_CHANNELS)
-        return MultiTaskNet(encoder, decoders, exchange, heads, checkpoint_all)
-    if cfg.architecture == "deeplab":
-        decoders = {task: DeepLabDecoder(encoder.num_channels[4], encoder.strides[4], heads[task],
-                                         cfg.decoder_channels[4], cfg.aspp_rates, cfg.aspp_dropout) for task in tasks}
-        return MultiTaskNet(encoder, decoders, exchange, heads)
-
-    decoders = {
-        task: TaskDecoder(encoder.num_channels, encoder.strides, heads[task], cfg.decoder_channels, cfg.aspp_rates,
-                          cfg.aspp_dropout, checkpoint_all)
-        for task in tasks
-    }
-    if len(tasks) > 1 and cfg.block != "none":
-        block_strides = decoder_block_strides(encoder.strides)
-        for stage in cfg.stages:
-            channels = cfg.decoder_channels[stage]
-            if cfg.block == "padnet":
-                exchange[stage] = PadNetBlock(tasks, channels)
-            else:
-                exchange[stage] = MTEB(
-                    tasks,
-                    channels,
-                    attention_downscale(block_strides[stage]),
-                    fusion=cfg.fusion,
-                    self_attention=cfg.self_attention,
-                    attention=cfg.attention,
-                    use_alpha=cfg.use_alpha,
-                )
+    decoders, exchange = ARCHITECTURES.get(cfg.architecture)(cfg, encoder, heads, checkpoint_all)
     return MultiTaskNet(encoder, decoders, exchange, heads, checkpoint_all)

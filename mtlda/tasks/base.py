@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from mtlda.data.batch import Batch
+from mtlda.data.targets import SCALAR_MAP, TargetKind
 from mtlda.errors import UserInputError
 from mtlda.metrics import StreamingMetric
 from mtlda.resize import resize_to
@@ -24,15 +25,16 @@ class Task(ABC):
     """A dense prediction task.
 
     Class attributes: ``name`` (the key of predictions, targets and results), ``code`` (the letter of
-    ``tasks.names``; empty for tasks not selectable there), ``target_kind`` (how the data layer resizes, pads and
-    flips the target: ``labels``, ``scalar``, ``unit_vectors``, ``binary``), ``main_metric`` (the metric of the
+    ``tasks.names``; empty for tasks not selectable there), ``target_kind`` (a :class:`~mtlda.data.targets.TargetKind`:
+    how the data layer resizes, pads and flips the target; None for a task scored against another task's target),
+    ``main_metric`` (the metric of the
     multi-task delta and of the trivial-baseline comparison) and ``columns`` ((metric, label, higher is better)
     shown in results tables). Instances set ``out_channels`` and ``higher_is_better`` (metric -> True when larger is better).
     """
 
     name: ClassVar[str]
     code: ClassVar[str] = ""
-    target_kind: ClassVar[str] = "scalar"
+    target_kind: ClassVar[TargetKind | None] = SCALAR_MAP
     main_metric: ClassVar[str]
     columns: ClassVar[tuple[tuple[str, str, bool], ...]] = ()
     out_channels: int

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from mtlda.constants import DEPTH_INV_SCALE_DEFAULT
 from mtlda.data.batch import Batch
+from mtlda.data.targets import SCALAR_MAP
 from mtlda.distributed import global_max, global_min
 from mtlda.errors import UserInputError
 from mtlda.losses.supervised import berhu_loss, upsample_to
@@ -31,7 +32,7 @@ class DepthTask(Task):
 
     name = "depth"
     code = "D"
-    target_kind = "scalar"
+    target_kind = SCALAR_MAP
     main_metric = "rmse"
     columns = DEPTH_COLUMNS
     out_channels = 1

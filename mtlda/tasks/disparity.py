@@ -27,7 +27,7 @@ class DisparityTask(Task):
 
     name = "disp"
     code = ""
-    target_kind = "scalar"
+    target_kind = None  # scored against the depth target
     main_metric = "abs_rel"
     columns = DEPTH_COLUMNS
     out_channels = 1

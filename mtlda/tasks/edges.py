@@ -7,6 +7,7 @@ from typing import Any
 from torch import Tensor
 
 from mtlda.data.batch import Batch
+from mtlda.data.targets import BINARY_MAP
 from mtlda.losses.supervised import upsample_to, weighted_edge_bce
 from mtlda.metrics import EdgesMetric
 from mtlda.tasks.base import Task
@@ -20,7 +21,7 @@ class EdgesTask(Task):
 
     name = "edges"
     code = "E"
-    target_kind = "binary"
+    target_kind = BINARY_MAP
     main_metric = "mean_f1"
     columns = (("mean_f1", "mean F1 %", True), ("ods_f", "ODS-F %", True), ("f1_edge", "edge F1 %", True))
     out_channels = 1

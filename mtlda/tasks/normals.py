@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mtlda.data.batch import Batch
+from mtlda.data.targets import UNIT_VECTORS
 from mtlda.losses.supervised import normals_cosine_loss, upsample_to
 from mtlda.metrics import NormalsMetric
 from mtlda.tasks.base import Task
@@ -21,7 +22,7 @@ class NormalsTask(Task):
 
     name = "normals"
     code = "N"
-    target_kind = "unit_vectors"
+    target_kind = UNIT_VECTORS
     main_metric = "mean"
     columns = (("mean", "mean err deg", False), ("median", "median err deg", False), ("within_11.25", "<11.25 %", True))
     out_channels = 3

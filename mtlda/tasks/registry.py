@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from mtlda.data.targets import register_target, target_names
 from mtlda.errors import UserInputError
 from mtlda.registry import Registry
 from mtlda.tasks.base import Task
@@ -13,8 +14,11 @@ TASKS: Registry[type[Task]] = Registry("task")
 
 
 def register_task(cls: type[Task]) -> type[Task]:
-    """Class decorator: make ``cls`` available by its ``name`` (and by its ``code`` in ``tasks.names``)."""
+    """Class decorator: make ``cls`` available by its ``name`` (and by its ``code`` in ``tasks.names``), and declare
+    its target's kind to the data layer (augmentation treats the target by it)."""
     TASKS.add(cls.name, cls)
+    if cls.target_kind is not None and cls.name not in target_names():
+        register_target(cls.name, cls.target_kind)
     return cls
 
 

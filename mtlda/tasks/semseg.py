@@ -10,6 +10,7 @@ from torch import Tensor
 
 from mtlda.constants import IGNORE_INDEX
 from mtlda.data.batch import Batch
+from mtlda.data.targets import LABEL_MAP
 from mtlda.losses.adversarial import entropy_map
 from mtlda.losses.supervised import cross_entropy_loss, upsample_to
 from mtlda.metrics import SegmentationMetric
@@ -24,7 +25,7 @@ class SemsegTask(Task):
 
     name = "semseg"
     code = "S"
-    target_kind = "labels"
+    target_kind = LABEL_MAP
     main_metric = "miou"
     columns = (("miou", "mIoU %", True), ("pixel_acc", "pix.acc %", True))
 
