@@ -23,6 +23,8 @@ from kornia.geometry.depth import depth_to_3d_v2
 from kornia.geometry.linalg import transform_points as kornia_transform_points
 from torch import Tensor
 
+from mtlda.constants import SDE_MAX_DEPTH, SDE_MIN_DEPTH
+
 # Points closer than this (metres, along z) count as behind the camera when projecting.
 _MIN_PROJECTION_DEPTH = 1e-6
 
@@ -120,6 +122,20 @@ def disparity_to_depth(disp: Tensor, baseline: float | Tensor, fx: float | Tenso
 def depth_to_disparity(depth: Tensor, baseline: float | Tensor, fx: float | Tensor) -> Tensor:
     """Disparity (B, 1, H, W) pixels = baseline * fx / depth; 0 where depth <= 0 (invalid)."""
     return _baseline_focal_over(depth, baseline, fx, "depth")
+
+
+def disp_to_depth(disp: Tensor, min_depth: float = SDE_MIN_DEPTH, max_depth: float = SDE_MAX_DEPTH) -> tuple[Tensor, Tensor]:
+    """Map a sigmoid output in [0, 1] linearly to disparity in [1/max_depth, 1/min_depth].
+
+    disp: any shape, values in [0, 1]. Returns ``(scaled_disp, depth)`` of the same shape, depth = 1 / scaled_disp
+    in metres, within [min_depth, max_depth].
+    """
+    if not 0.0 < min_depth < max_depth:
+        raise ValueError(f"need 0 < min_depth < max_depth, got min_depth={min_depth}, max_depth={max_depth}")
+    min_disp = 1.0 / max_depth
+    max_disp = 1.0 / min_depth
+    scaled_disp = min_disp + (max_disp - min_disp) * disp
+    return scaled_disp, 1.0 / scaled_disp
 
 
 def median_scale(pred: Tensor, gt: Tensor, mask: Tensor) -> Tensor:

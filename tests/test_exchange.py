@@ -7,8 +7,6 @@ import torch
 
 from mtlda.models.exchange import MTEB, XTAM, PadNetBlock, attention, attention_downscale, explicit_attention
 
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _features(channels: int = 16, height: int = 8, width: int = 16, seed: int = 0) -> torch.Tensor:

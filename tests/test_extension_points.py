@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import toy_extensions  # noqa: F401  (registers the task, its target reader and the block)
 from mtlda.config import load_config
 from mtlda.data.registry import build_dataset
 from mtlda.scenarios.runner import train
+
+import toy_extensions  # noqa: F401  (registers the task, its target reader and the block)
 
 pytestmark = pytest.mark.slow
 

@@ -10,9 +10,9 @@ from mtlda.losses import (
     cross_entropy_loss,
     multiscale_objective,
     normals_cosine_loss,
-    upsample_to,
     weighted_edge_bce,
 )
+from mtlda.resize import resize_to
 
 torch.manual_seed(0)
 
@@ -121,11 +121,11 @@ def test_edge_bce_ignores_masked_and_empty_is_zero():
     assert empty.item() == 0 and empty.requires_grad and not torch.isnan(empty)
 
 
-def test_upsample_to_resizes_when_any_dimension_differs():
+def test_resize_to_resizes_when_any_dimension_differs():
     x = torch.randn(1, 2, 4, 6)
-    assert upsample_to(x, (4, 6)) is x
-    assert upsample_to(x, (4, 12)).shape == (1, 2, 4, 12)
-    assert torch.allclose(upsample_to(x, (8, 12)), F.interpolate(x, size=(8, 12), mode="bilinear", align_corners=False))
+    assert resize_to(x, (4, 6)) is x
+    assert resize_to(x, (4, 12)).shape == (1, 2, 4, 12)
+    assert torch.allclose(resize_to(x, (8, 12)), F.interpolate(x, size=(8, 12), mode="bilinear", align_corners=False))
 
 
 def test_multiscale_objective_follows_eq6():

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 
 from mtlda.constants import IGNORE_INDEX
 from mtlda.metrics import (
@@ -83,10 +82,10 @@ def test_segmentation_upsamples_probabilities_and_rejects_bad_labels():
 
 
 def test_segmentation_equals_official_cityscapes_evaluation(tmp_path):
-    from PIL import Image
-
     import cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling as official
-    from cityscapesscripts.helpers.labels import id2label, labels as cs_labels, trainId2label
+    from cityscapesscripts.helpers.labels import id2label, trainId2label
+    from cityscapesscripts.helpers.labels import labels as cs_labels
+    from PIL import Image
 
     rng = np.random.default_rng(0)
     ids = np.array([l.id for l in cs_labels if l.id >= 0])

@@ -8,12 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from mtlda.data.toycity import render_sample
-from mtlda.geometry import pose_from_axis_angle, warp_frame
+from mtlda.geometry import disp_to_depth, pose_from_axis_angle, warp_frame
 from mtlda.losses.photometric import (
     SSIM_C1,
     SSIM_C2,
     PhotometricLoss,
-    disp_to_depth,
     edge_aware_smoothness,
     reprojection_error,
     ssim_dissimilarity,

@@ -12,8 +12,8 @@ from mtlda.geometry import _LINE_DIRECTIONS, _NORMAL_BASES, _shifted, backprojec
 from mtlda.losses import normals_cosine_loss
 from mtlda.losses.supervised import _masked_mean
 from mtlda.models import HeadSpec, build_network, channels_last_input, to_channels_last
-from mtlda.schema import ModelConfig, OptimConfig
 from mtlda.scenarios.optim import build_optimizer
+from mtlda.schema import ModelConfig, OptimConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

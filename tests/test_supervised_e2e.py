@@ -134,9 +134,10 @@ def test_experiment_files_parse_and_build(tmp_path):
 
 
 def test_predict_writes_outputs_of_the_input_size(tmp_path, cache, monkeypatch, capsys):
-    import cv2
     import runpy
     import sys
+
+    import cv2
 
     cfg = tiny_config(tmp_path, cache, "train.iterations=1")
     train(cfg)

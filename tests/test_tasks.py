@@ -1,9 +1,9 @@
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from types import SimpleNamespace
 
 from mtlda.config import load_config
 from mtlda.constants import IGNORE_INDEX

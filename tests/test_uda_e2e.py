@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from mtlda.config import load_config
-from mtlda.scenarios.checkpoint import load_checkpoint
-from mtlda.scenarios.engine import Engine
 from mtlda.errors import UserInputError
 from mtlda.losses.adversarial import discriminator_loss
+from mtlda.scenarios.checkpoint import load_checkpoint
+from mtlda.scenarios.engine import Engine
 from mtlda.scenarios.runner import evaluate_checkpoint, train
 from mtlda.scenarios.uda import UDAScenario
 

@@ -37,6 +37,7 @@ from mtlda.weights.densemtl import convert_densemtl, permute_fusion_inputs
 from mtlda.weights.files import load_state_dict
 from mtlda.weights.importer import import_config
 from mtlda.weights.targets import build_experiment_model
+
 from official_forward import official_forward, random_official_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")

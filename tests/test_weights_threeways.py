@@ -24,6 +24,7 @@ from mtlda.scenarios.sde import load_pretrained_depth
 from mtlda.weights import WeightImportError, import_weights, read_threeways, threeways_to_mtlda
 from mtlda.weights.importer import import_config
 from mtlda.weights.targets import build_experiment_modules
+
 from official_forward import random_official_state, threeways_depth_forward, threeways_pose_forward
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -23,8 +23,8 @@ import argparse
 from collections.abc import Sequence
 
 from mtlda.cli import (
-    block_choices,
     UDA_PAIRS,
+    block_choices,
     experiment_file,
     experiment_parser,
     experiment_stem,

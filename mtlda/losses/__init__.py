@@ -5,7 +5,6 @@ from mtlda.losses.supervised import (
     cross_entropy_loss,
     multiscale_objective,
     normals_cosine_loss,
-    upsample_to,
     weighted_edge_bce,
 )
 
@@ -14,6 +13,5 @@ __all__ = [
     "cross_entropy_loss",
     "multiscale_objective",
     "normals_cosine_loss",
-    "upsample_to",
     "weighted_edge_bce",
 ]

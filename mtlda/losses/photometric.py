@@ -16,25 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtlda.geometry import warp_frame
+from mtlda.constants import SDE_MAX_DEPTH, SDE_MIN_DEPTH
+from mtlda.geometry import disp_to_depth, warp_frame
 
 SSIM_C1 = 0.01**2
 SSIM_C2 = 0.03**2
 SSIM_WEIGHT = 0.85  # reprojection error = 0.85 * SSIM dissimilarity + 0.15 * L1
-
-
-def disp_to_depth(disp: Tensor, min_depth: float = 0.1, max_depth: float = 100.0) -> tuple[Tensor, Tensor]:
-    """Map a sigmoid output in [0, 1] linearly to disparity in [1/max_depth, 1/min_depth].
-
-    disp: any shape, values in [0, 1]. Returns ``(scaled_disp, depth)`` of the same shape, depth = 1 / scaled_disp
-    in metres, within [min_depth, max_depth].
-    """
-    if not 0.0 < min_depth < max_depth:
-        raise ValueError(f"need 0 < min_depth < max_depth, got min_depth={min_depth}, max_depth={max_depth}")
-    min_disp = 1.0 / max_depth
-    max_disp = 1.0 / min_depth
-    scaled_disp = min_disp + (max_disp - min_disp) * disp
-    return scaled_disp, 1.0 / scaled_disp
 
 
 def ssim_dissimilarity(x: Tensor, y: Tensor) -> Tensor:
@@ -112,8 +99,8 @@ class PhotometricLoss(nn.Module):
 
     def __init__(
         self,
-        min_depth: float = 0.1,
-        max_depth: float = 100.0,
+        min_depth: float = SDE_MIN_DEPTH,
+        max_depth: float = SDE_MAX_DEPTH,
         smoothness: float = 1e-3,
         automask: bool = True,
     ) -> None:

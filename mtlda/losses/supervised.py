@@ -20,13 +20,6 @@ from mtlda.geometry import unit_vectors
 BERHU_THRESHOLD_FRACTION = 0.2
 
 
-def upsample_to(pred: Tensor, size: tuple[int, int]) -> Tensor:
-    """pred (B, C, h, w) resized bilinearly (``align_corners=False``) to ``size`` = (H, W) if h or w differ."""
-    if tuple(pred.shape[-2:]) == tuple(size):
-        return pred
-    return F.interpolate(pred, size=tuple(size), mode="bilinear", align_corners=False)
-
-
 def _masked_mean(per_pixel: Tensor, valid: Tensor) -> Tensor:
     """Mean of per_pixel over valid (same shape), over the global batch; 0 (graph kept) when nothing is valid."""
     total = torch.where(valid, per_pixel, torch.zeros_like(per_pixel)).sum()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from mtlda.geometry import unit_vectors
 from mtlda.metrics.base import StreamingMetric, full_mask
 from mtlda.resize import resize_to
 
@@ -17,8 +17,8 @@ ANGLE_THRESHOLDS = (11.25, 22.5, 30.0)
 
 def angular_error(pred: Tensor, target: Tensor) -> Tensor:
     """(B, H, W) float64 degrees between (B, 3, H, W) vector fields (both normalised first)."""
-    p = F.normalize(pred.double(), dim=1)
-    g = F.normalize(target.double(), dim=1)
+    p = unit_vectors(pred.double())
+    g = unit_vectors(target.double())
     cross = torch.linalg.cross(p, g, dim=1).norm(dim=1)
     return torch.rad2deg(torch.atan2(cross, (p * g).sum(dim=1)))
 

@@ -30,4 +30,5 @@ __all__ = [
     "explicit_attention",
     "format_parameter_counts",
     "to_channels_last",
+    "register_block",
 ]

@@ -29,8 +29,8 @@ from torch import Tensor, nn
 from mtlda.errors import UserInputError
 from mtlda.models.blocks import EXCHANGE_BLOCKS
 from mtlda.models.checkpointing import CHECKPOINTING, run_segment
-from mtlda.models.deeplab import DeepLabDecoder
 from mtlda.models.decoder import NUM_BLOCKS, HeadSpec, TaskDecoder, decoder_block_strides
+from mtlda.models.deeplab import DeepLabDecoder
 from mtlda.models.encoder import ResNetEncoder
 from mtlda.models.exchange import ATTENTION_KINDS, FUSIONS, PadNetBlock
 from mtlda.models.padnet import PADNET_CHANNELS, PadNetDecoder

@@ -12,8 +12,9 @@ from mtlda.data.batch import Batch
 from mtlda.data.targets import SCALAR_MAP
 from mtlda.distributed import global_max, global_min
 from mtlda.errors import UserInputError
-from mtlda.losses.supervised import berhu_loss, upsample_to
+from mtlda.losses.supervised import berhu_loss
 from mtlda.metrics import DEPTH_METRIC_NAMES, DepthMetric
+from mtlda.resize import resize_to
 from mtlda.schema import DepthProtocol
 from mtlda.tasks.base import Task
 from mtlda.tasks.registry import register_task
@@ -66,7 +67,7 @@ class DepthTask(Task):
         self.check_raw(pred_raw)
         depth = self.target(batch)
         valid = self.mask(batch)
-        return berhu_loss(upsample_to(pred_raw, depth.shape[-2:]), self.encode(depth, valid), valid)
+        return berhu_loss(resize_to(pred_raw, depth.shape[-2:]), self.encode(depth, valid), valid)
 
     def decode(self, pred_raw: Tensor) -> Tensor:
         """(B, 1, h, w) metres d = s / max(y, 1e-6) - c."""

@@ -9,19 +9,19 @@ from torch import Tensor
 from mtlda.constants import SDE_MAX_DEPTH, SDE_MIN_DEPTH
 from mtlda.data.batch import Batch
 from mtlda.errors import UserInputError
-from mtlda.losses.photometric import disp_to_depth
+from mtlda.geometry import disp_to_depth
 from mtlda.metrics import DepthMetric
 from mtlda.schema import DepthProtocol
 from mtlda.tasks.base import Task
 from mtlda.tasks.depth import DEPTH_COLUMNS, DEPTH_HIGHER_IS_BETTER
 from mtlda.tasks.registry import register_task
-from mtlda.visualise import colourise_depth_pair, colourise_depth_robust
+from mtlda.visualise import colourise_depth_robust
 
 
 @register_task
 class DisparityTask(Task):
     """One sigmoid disparity channel, trained by the photometric loss of the ``sde`` scenario (no supervised loss),
-    decoded to metres by :func:`~mtlda.losses.photometric.disp_to_depth` with ``min_depth``/``max_depth``, evaluated
+    decoded to metres by :func:`~mtlda.geometry.disp_to_depth` with ``min_depth``/``max_depth``, evaluated
     against the ground-truth ``depth`` target under ``protocol``, which must use median scaling (monocular depth is
     known up to scale only). Not selectable through ``tasks.names`` (no code)."""
 

@@ -8,8 +8,9 @@ from torch import Tensor
 
 from mtlda.data.batch import Batch
 from mtlda.data.targets import BINARY_MAP
-from mtlda.losses.supervised import upsample_to, weighted_edge_bce
+from mtlda.losses.supervised import weighted_edge_bce
 from mtlda.metrics import EdgesMetric
+from mtlda.resize import resize_to
 from mtlda.tasks.base import Task
 from mtlda.tasks.registry import register_task
 from mtlda.visualise import grey_to_rgb
@@ -37,7 +38,7 @@ class EdgesTask(Task):
     def loss(self, pred_raw: Tensor, batch: Batch) -> Tensor:
         self.check_raw(pred_raw)
         edges = self.target(batch)
-        return weighted_edge_bce(upsample_to(pred_raw, edges.shape[-2:]), edges.to(pred_raw.dtype), self.mask(batch))
+        return weighted_edge_bce(resize_to(pred_raw, edges.shape[-2:]), edges.to(pred_raw.dtype), self.mask(batch))
 
     def decode(self, pred_raw: Tensor) -> Tensor:
         """(B, 1, h, w) edge probability."""

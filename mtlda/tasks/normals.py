@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch.nn.functional as F
 from torch import Tensor
 
 from mtlda.data.batch import Batch
 from mtlda.data.targets import UNIT_VECTORS
-from mtlda.losses.supervised import normals_cosine_loss, upsample_to
+from mtlda.geometry import unit_vectors
+from mtlda.losses.supervised import normals_cosine_loss
 from mtlda.metrics import NormalsMetric
+from mtlda.resize import resize_to
 from mtlda.tasks.base import Task
 from mtlda.tasks.registry import register_task
 from mtlda.visualise import normals_to_rgb
@@ -38,16 +39,16 @@ class NormalsTask(Task):
     def loss(self, pred_raw: Tensor, batch: Batch) -> Tensor:
         self.check_raw(pred_raw)
         normals = self.target(batch)
-        return normals_cosine_loss(upsample_to(pred_raw, normals.shape[-2:]), normals, self.mask(batch))
+        return normals_cosine_loss(resize_to(pred_raw, normals.shape[-2:]), normals, self.mask(batch))
 
     def decode(self, pred_raw: Tensor) -> Tensor:
         """(B, 3, h, w) unit normals."""
         self.check_raw(pred_raw)
-        return F.normalize(pred_raw, dim=1)
+        return unit_vectors(pred_raw)
 
     def output_map(self, decoded: Tensor) -> Tensor:
         """(3, H, W) unit normals (renormalised after resizing)."""
-        return F.normalize(decoded[0], dim=0)
+        return unit_vectors(decoded[0], dim=0)
 
     def new_metric(self) -> NormalsMetric:
         return NormalsMetric()
@@ -60,8 +61,8 @@ class NormalsTask(Task):
 
     def discriminator_input(self, pred_raw: Tensor, context: Any) -> Tensor:
         """The L2-normalised prediction (B, 3, H, W)."""
-        return F.normalize(pred_raw, dim=1)
+        return unit_vectors(pred_raw)
 
     def prior_prediction(self, mean: Tensor) -> Tensor:
         """The mean direction, normalised."""
-        return F.normalize(mean, dim=1)
+        return unit_vectors(mean)

@@ -12,8 +12,9 @@ from mtlda.constants import IGNORE_INDEX
 from mtlda.data.batch import Batch
 from mtlda.data.targets import LABEL_MAP
 from mtlda.losses.adversarial import entropy_map
-from mtlda.losses.supervised import cross_entropy_loss, upsample_to
+from mtlda.losses.supervised import cross_entropy_loss
 from mtlda.metrics import SegmentationMetric
+from mtlda.resize import resize_to
 from mtlda.tasks.base import Task
 from mtlda.tasks.registry import register_task
 from mtlda.visualise import colourise_labels
@@ -53,7 +54,7 @@ class SemsegTask(Task):
     def loss(self, pred_raw: Tensor, batch: Batch) -> Tensor:
         self.check_raw(pred_raw)
         labels = self.target(batch)
-        return cross_entropy_loss(upsample_to(pred_raw, labels.shape[-2:]), labels)
+        return cross_entropy_loss(resize_to(pred_raw, labels.shape[-2:]), labels)
 
     def decode(self, pred_raw: Tensor) -> Tensor:
         """(B, C, h, w) class probabilities."""
