@@ -11,6 +11,7 @@ from pathlib import Path
 from mtlda.config import ConfigError, dump_config, load_config
 from mtlda.errors import UserInputError
 from mtlda.models.blocks import EXCHANGE_BLOCKS
+from mtlda.scenarios.runner import evaluate_and_report, train_and_report
 from mtlda.schema import ExperimentConfig
 from mtlda.tasks import check_codes
 
@@ -108,3 +109,16 @@ def refuse_selection_with_config(args: argparse.Namespace, flags: Sequence[str])
 
 def print_config(cfg: ExperimentConfig) -> None:
     sys.stdout.write(dump_config(cfg))
+
+
+def run_experiment(args: argparse.Namespace, cfg: ExperimentConfig, split_name: str = "val") -> int:
+    """What a training command does with its config: print it (--print-config), evaluate a checkpoint
+    (--evaluate) or train, with its resume and reference options, and report."""
+    if args.print_config:
+        print_config(cfg)
+    elif args.evaluate:
+        evaluate_and_report(cfg, args.evaluate)
+    else:
+        train_and_report(cfg, resume=args.resume, allow_changed=args.allow_changed,
+                         record_reference=args.record_reference, split_name=split_name)
+    return 0

@@ -138,6 +138,7 @@ VARIANT_NOTES = {
     "checkpoint_all": "default + model.checkpointing=all",
     "bf16": "default + bf16 autocast",
     "fp16": "default + fp16 autocast with GradScaler",
+    **{f"weighting_{name}": f"default + tasks.weighting={{name: {name}}}" for name in WEIGHTINGS},
 }
 
 
@@ -241,9 +242,8 @@ def with_random_data(cls: type[DenseScenario]) -> type[DenseScenario]:
     """``cls`` reading :class:`RandomSplit` samples of its data configs' training size instead of files."""
 
     def build_split(self: DenseScenario, data: DataConfig, split: str, train: bool) -> Dataset:
-        targets = sorted({*target_names(self.tasks), *(t for t in self.tasks if t in target_names(self.tasks))})
-        return RandomSplit(targets, self.info.num_classes, input_size(data, train), data.frames if train else (),
-                           count=2 * data.batch_size)
+        return RandomSplit(target_names(self.tasks), self.info.num_classes, input_size(data, train),
+                           data.frames if train else (), count=2 * data.batch_size)
 
     return type(f"Random{cls.__name__}", (cls,), {"build_split": build_split})
 
@@ -351,32 +351,28 @@ def case_config(subject: Subject, variant: Variant, size: tuple[int, int] | None
                 device: torch.device, workdir: Path, extra: Sequence[str] = ()) -> ExperimentConfig:
     """The config of one case: the experiment with the variant's overrides at ``size`` and ``batch``."""
     overrides = [*subject.overrides, f"device={device}", f"workdir={workdir}", "train.threads=0",
-                 "train.selection_metric=semseg/miou", "data.workers=0"]
-    if size is not None:
-        h, w = size
-        overrides += [f"data.height={h}", f"data.width={w}", "data.crop=[]", "data.val_height=0", "data.val_width=0",
-                      f"data.toycity.height={h}", f"data.toycity.width={w}", "data.toycity.num_train=48",
-                      "data.toycity.num_val=8", "data.max_val_samples=8"]
-    if batch:
-        overrides.append(f"data.batch_size={batch}")
+                 "train.selection_metric=semseg/miou", "data.workers=0", "data.toycity.num_train=48",
+                 "data.toycity.num_val=8", "data.max_val_samples=8"]
+    for data in ("data", "uda.source"):
+        if size is not None:
+            h, w = size
+            overrides += [f"{data}.height={h}", f"{data}.width={w}", f"{data}.crop=[]", f"{data}.val_height=0",
+                          f"{data}.val_width=0", f"{data}.toycity.height={h}", f"{data}.toycity.width={w}"]
+        if batch:
+            overrides.append(f"{data}.batch_size={batch}")
     return load_config(subject.experiment, [*overrides, *variant.overrides, *extra])
 
 
 def write_pretrain_checkpoint(cfg: ExperimentConfig, folder: Path) -> Path:
-    """An SDE pretrain checkpoint of ``cfg``'s model settings (random weights) for its multi-task stage."""
-    pretrain = load_config(None, ["sde.stage=pretrain", "tasks.names=[S]", "optim.lr.pose=1e-4",
-                                  "train.selection_metric=disp/abs_rel", "train.channels_last=false"],
-                           stored={**_plain(cfg), "sde": {**_plain(cfg)["sde"], "stage": "pretrain"}})
+    """An SDE pretrain checkpoint (random weights) of ``cfg``'s model settings, to start its multi-task stage."""
+    pretrain = replace(cfg, sde=replace(cfg.sde, stage="pretrain"),
+                       train=replace(cfg.train, selection_metric="disp/abs_rel", compile=False))
     engine, scenario = build_scenario(pretrain, train=True, show_progress=False,
                                       scenario_type=with_random_data(scenario_class("sde")))
     engine.attach(scenario)
     path = folder / "pretrain.pt"
     save_checkpoint(engine.state(), path)
     return path
-
-
-def _plain(cfg: ExperimentConfig) -> dict[str, Any]:
-    return json.loads(json.dumps(asdict(cfg)))
 
 
 @dataclass
@@ -449,7 +445,7 @@ def interleave(cases: Sequence[Case], warmup: int, iters: int, device: torch.dev
             extra = probe.extra_bytes()
             if round_index == 0:
                 case.first_s = seconds
-            if round_index >= warmup or warmup == 0:
+            if round_index >= warmup:
                 case.times.append(seconds * 1000)
                 case.extra.append(extra)
 
@@ -609,47 +605,48 @@ def loader_rates(split: Dataset, batch: int, workers: Sequence[int], pin: bool, 
              "first_batch_s": statistics.median(r["first"])} for count, r in results.items()]
 
 
-def step_rates(comparison: Comparison, workers: Sequence[int], device: torch.device, workdir: Path, steps: int,
-               rounds: int) -> list[dict[str, Any]]:
-    """images/s of the default training step, loading included, per ``data.workers``: interleaved blocks of
-    ``steps`` steps, each with a fresh loader (no batch is prefetched while another case runs)."""
-    cases = {w: build_case(comparison, VARIANTS["default"], device, workdir / f"workers{w}", [f"data.workers={w}"])
-             for w in workers}
-    for case in cases.values():  # warm-up without workers
-        case.step()
-    rates: dict[int, list[float]] = {w: [] for w in workers}
+def step_rates(cases: Mapping[int, Case], steps: int, rounds: int, device: torch.device) -> list[dict[str, Any]]:
+    """images/s of the training step, loading included, per ``data.workers``: interleaved blocks of ``steps``
+    steps, each with a fresh loader (no batch is prefetched while another case runs)."""
+    rates: dict[int, list[float]] = {w: [] for w in cases}
     for _ in range(rounds):
         for count, case in cases.items():
             case.batches = case.scenario.train_batches(case.engine.iteration)
             seconds = timed(lambda: [case.step() for _ in range(steps)], device)
             case.batches.close()
             rates[count].append(steps * case.scenario.cfg.data.batch_size / seconds)
-    base = statistics.median(rates[workers[0]])
+    base = statistics.median(next(iter(rates.values())))
     return [{"workers": count, "step_images_per_s": statistics.median(r), "speedup": statistics.median(r) / base,
              "all": r} for count, r in rates.items()]
 
 
 def data_section(device: torch.device, quick: bool, workdir: Path) -> dict[str, Any]:
-    """Loader throughput against the training step's rate, to choose ``data.workers``."""
+    """Loader throughput per worker count against the training step's rate, to choose ``data.workers``."""
     load_before = load_average()
     size = QUICK_SIZE if quick else DEMO_SIZE
     comparison = Comparison("data", "demo", size, 2 if quick else 0, ("default",), 0, 1)
     workers = (0, 1) if quick else (0, 1, 2)
-    probe_case = build_case(comparison, VARIANTS["default"], device, workdir / "loader")
-    split, batch = probe_case.scenario.train_split, probe_case.scenario.cfg.data.batch_size
-    del probe_case
     batches, rounds, steps = (2, 1, 2) if quick else (12, 3, 6)
+    cases = {w: build_case(comparison, VARIANTS["default"], device, workdir / f"workers{w}", [f"data.workers={w}"])
+             for w in workers}
+    for case in cases.values():
+        case.step()  # warm-up
+    first = cases[workers[0]].scenario
+    split, batch = first.train_split, first.cfg.data.batch_size
     loaders = loader_rates(split, batch, workers, False, batches, rounds)
     if device.type == "cuda":
         loaders += loader_rates(split, batch, workers, True, batches, rounds)
-    steps_rows = step_rates(comparison, workers, device, workdir, steps, rounds)
-    serial = next(row for row in loaders if row["workers"] == 0)
-    step0 = steps_rows[0]["step_images_per_s"]
+    steps_rows = step_rates(cases, steps, rounds, device)
+    serial_step = steps_rows[0]["step_images_per_s"]
+    for row in loaders:
+        row["startup_s"] = max(row["first_batch_s"] - batch / row["images_per_s"], 0.0)
+        row["startup_share_of_epoch"] = row["startup_s"] * serial_step / len(split)
+    serial_loader = next(row for row in loaders if row["workers"] == 0)
     return {"title": f"data: toycity (cityscapes format) {size[0]}x{size[1]}, batch {batch}",
-            "load_before": load_before, "load_after": load_average(), "loader": loaders, "train_step": steps_rows,
-            "cpu_count": os.cpu_count(), "pin_memory": "measured" if device.type == "cuda" else "needs CUDA",
-            "loading_share_of_serial_step": step0 / serial["images_per_s"],
-            "epoch_start_share": serial["first_batch_s"] * step0 / len(split)}
+            "load_before": load_before, "load_after": load_average(), "cpu_count": os.cpu_count(),
+            "loader": loaders, "train_step": steps_rows,
+            "pin_memory": "measured" if device.type == "cuda" else "not measured: needs CUDA",
+            "loading_share_of_serial_step": serial_step / serial_loader["images_per_s"]}
 
 
 # ---------------------------------------------------------------------------------------------- the report

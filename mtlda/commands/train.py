@@ -26,12 +26,12 @@ from mtlda.cli import (
     experiment_parser,
     experiment_stem,
     parse_task_codes,
-    print_config,
     refuse_selection_with_config,
     resolve_config,
+    run_experiment,
 )
 from mtlda.data.catalog import dataset_names
-from mtlda.scenarios.runner import checkpoint_config, evaluate_and_report, train_and_report
+from mtlda.scenarios.runner import checkpoint_config
 from mtlda.schema import ExperimentConfig
 
 
@@ -57,12 +57,4 @@ def config_of(args: argparse.Namespace) -> ExperimentConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    cfg = config_of(args)
-    if args.print_config:
-        print_config(cfg)
-    elif args.evaluate:
-        evaluate_and_report(cfg, args.evaluate)
-    else:
-        train_and_report(cfg, resume=args.resume, allow_changed=args.allow_changed,
-                         record_reference=args.record_reference)
-    return 0
+    return run_experiment(args, config_of(args))

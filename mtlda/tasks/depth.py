@@ -26,8 +26,31 @@ DEPTH_HIGHER_IS_BETTER = {name: name.startswith("delta") for name in DEPTH_METRI
 DEPTH_COLUMNS = (("abs_rel", "AbsRel", False), ("rmse", "RMSE m", False), ("delta1", "d<1.25 %", True))
 
 
+class DepthMapTask(Task):
+    """What the tasks that predict depth share: the depth target and mask, the depth metric under ``protocol``,
+    log-depth pictures. Subclasses set ``protocol`` (a :class:`DepthProtocol`) and decode to metres."""
+
+    columns = DEPTH_COLUMNS
+    out_channels = 1
+    protocol: DepthProtocol
+
+    def mask(self, batch: Batch) -> Tensor:
+        """(B, 1, H, W) bool: the depth mask and a positive ground truth."""
+        return super().mask(batch) & (self.target(batch) > 0)
+
+    def new_metric(self) -> DepthMetric:
+        return DepthMetric(self.protocol)
+
+    def visualise(self, decoded: Tensor) -> Tensor:
+        """Log depth over each image's 2nd-98th percentile range (near is bright; invariant to the depth's scale)."""
+        return colourise_depth_robust(decoded)
+
+    def visualise_target(self, batch: Batch) -> Tensor:
+        return colourise_depth_robust(self.target(batch), self.mask(batch))
+
+
 @register_task
-class DepthTask(Task):
+class DepthTask(DepthMapTask):
     """Depth: the head regresses y = s / (d + c) (s = ``inv_scale``, c = ``inv_offset`` metres); berHu on y;
     decoded d = s / y - c metres. The official head's encoding is s = 655.36, c = 0.01."""
 
@@ -35,8 +58,6 @@ class DepthTask(Task):
     code = "D"
     target_kind = SCALAR_MAP
     main_metric = "rmse"
-    columns = DEPTH_COLUMNS
-    out_channels = 1
 
     def __init__(self, inv_scale: float = DEPTH_INV_SCALE_DEFAULT, protocol: DepthProtocol | None = None,
                  inv_offset: float = 0.0) -> None:
@@ -59,10 +80,6 @@ class DepthTask(Task):
         safe = torch.where(valid, depth, torch.ones_like(depth)) + self.inv_offset
         return torch.where(valid, self.inv_scale / safe, 0.0)
 
-    def mask(self, batch: Batch) -> Tensor:
-        """(B, 1, H, W) bool: the depth mask and a positive ground truth."""
-        return super().mask(batch) & (self.target(batch) > 0)
-
     def loss(self, pred_raw: Tensor, batch: Batch) -> Tensor:
         self.check_raw(pred_raw)
         depth = self.target(batch)
@@ -73,16 +90,6 @@ class DepthTask(Task):
         """(B, 1, h, w) metres d = s / max(y, 1e-6) - c."""
         self.check_raw(pred_raw)
         return self.inv_scale / pred_raw.clamp_min(MIN_INVERSE_DEPTH) - self.inv_offset
-
-    def new_metric(self) -> DepthMetric:
-        return DepthMetric(self.protocol)
-
-    def visualise(self, decoded: Tensor) -> Tensor:
-        """Log depth over each image's 2nd-98th percentile range (near is bright)."""
-        return colourise_depth_robust(decoded)
-
-    def visualise_target(self, batch: Batch) -> Tensor:
-        return colourise_depth_robust(self.target(batch), self.mask(batch))
 
     def visualise_pair(self, decoded: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
         """Prediction and target in the target's colour range."""

@@ -10,16 +10,13 @@ from mtlda.constants import SDE_MAX_DEPTH, SDE_MIN_DEPTH
 from mtlda.data.batch import Batch
 from mtlda.errors import UserInputError
 from mtlda.geometry import disp_to_depth
-from mtlda.metrics import DepthMetric
 from mtlda.schema import DepthProtocol
-from mtlda.tasks.base import Task
-from mtlda.tasks.depth import DEPTH_COLUMNS, DEPTH_HIGHER_IS_BETTER
+from mtlda.tasks.depth import DEPTH_HIGHER_IS_BETTER, DepthMapTask
 from mtlda.tasks.registry import register_task
-from mtlda.visualise import colourise_depth_robust
 
 
 @register_task
-class DisparityTask(Task):
+class DisparityTask(DepthMapTask):
     """One sigmoid disparity channel, trained by the photometric loss of the ``sde`` scenario (no supervised loss),
     decoded to metres by :func:`~mtlda.geometry.disp_to_depth` with ``min_depth``/``max_depth``, evaluated
     against the ground-truth ``depth`` target under ``protocol``, which must use median scaling (monocular depth is
@@ -29,8 +26,6 @@ class DisparityTask(Task):
     code = ""
     target_kind = None  # scored against the depth target
     main_metric = "abs_rel"
-    columns = DEPTH_COLUMNS
-    out_channels = 1
 
     def __init__(self, min_depth: float = SDE_MIN_DEPTH, max_depth: float = SDE_MAX_DEPTH,
                  protocol: DepthProtocol | None = None) -> None:
@@ -54,10 +49,6 @@ class DisparityTask(Task):
     def target_name(self) -> str:
         return "depth"
 
-    def mask(self, batch: Batch) -> Tensor:
-        """(B, 1, H, W) bool: the depth mask and a positive ground-truth depth."""
-        return super().mask(batch) & (self.target(batch) > 0)
-
     def loss(self, pred_raw: Tensor, batch: Batch) -> Tensor:
         raise UserInputError(
             "the disparity task has no supervised loss: it is trained by the photometric loss of the sde scenario"
@@ -67,16 +58,6 @@ class DisparityTask(Task):
         """(B, 1, h, w) metres of a sigmoid disparity (B, 1, h, w), within [min_depth, max_depth]."""
         self.check_raw(pred_raw)
         return disp_to_depth(pred_raw, self.min_depth, self.max_depth)[1]
-
-    def new_metric(self) -> DepthMetric:
-        return DepthMetric(self.protocol)
-
-    def visualise(self, decoded: Tensor) -> Tensor:
-        """Log depth over each image's own percentile range: invariant to the (arbitrary) scale of the prediction."""
-        return colourise_depth_robust(decoded)
-
-    def visualise_target(self, batch: Batch) -> Tensor:
-        return colourise_depth_robust(self.target(batch), self.mask(batch))
 
     def visualise_pair(self, decoded: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
         """Each in its own range (the prediction is known up to scale only)."""
