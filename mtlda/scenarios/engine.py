@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from mtlda.config import save_config, to_dict
 from mtlda.distributed import DistInfo, PeerFailure, all_reduce_mean, barrier, gather_objects, is_peer_failure
-from mtlda.errors import MtldaError, UserInputError
+from mtlda.errors import UserInputError
 from mtlda.runlog import RunLogger, format_postfix
 from mtlda.scenarios.checkpoint import (
     CheckpointError,
@@ -38,76 +38,11 @@ from mtlda.scenarios.checkpoint import (
     seed_everything,
     set_rng_state,
 )
+from mtlda.scenarios.contract import OptimizerSpec, Scenario, StepOutput, TrainingError
 from mtlda.scenarios.interrupts import Interrupted, StopRequest
 from mtlda.scenarios.optim import build_optimizer, build_scheduler, lr_factor
 from mtlda.scenarios.resume_check import check_resume_config
-from mtlda.schema import ExperimentConfig, OptimConfig
-
-
-class TrainingError(MtldaError, RuntimeError):
-    """Training cannot go on (a non-finite loss, say); the message says what happened and what to try."""
-
-
-@dataclass
-class OptimizerSpec:
-    """Parameter groups of one optimiser and its settings; ``clip`` applies ``settings.grad_clip``."""
-
-    groups: Mapping[str, Sequence[nn.Parameter]]
-    settings: OptimConfig
-    clip: bool = True
-
-
-@dataclass
-class StepOutput:
-    """What a training step reports: detached 0-dim terms to log and the main loss (moved to the host only when
-    logged, so a step costs one host synchronisation: the finiteness check of ``loss``)."""
-
-    terms: dict[str, Tensor]
-    loss: Tensor
-
-
-class Scenario:
-    """What a scenario supplies to the :class:`Engine` (implemented by ``DenseScenario``)."""
-
-    def modules(self) -> dict[str, nn.Module]:
-        """Named modules saved in checkpoints (e.g. ``model``, ``discriminators``)."""
-        raise NotImplementedError
-
-    def optimizers(self) -> dict[str, OptimizerSpec]:
-        raise NotImplementedError
-
-    def train_batches(self, start_iteration: int) -> Iterator[Any]:
-        """Training batches from iteration ``start_iteration`` on, in a seed-determined order."""
-        raise NotImplementedError
-
-    def train_step(self, batch: Any, engine: "Engine") -> StepOutput:
-        """Forward and ``engine.backward(...)``; the engine clips and steps every optimiser afterwards."""
-        raise NotImplementedError
-
-    def validate(self, engine: "Engine") -> dict[str, float]:
-        """Metrics on the validation split, named ``task/metric`` (plus ``delta`` for multi-task runs)."""
-        raise NotImplementedError
-
-    def selection(self) -> tuple[str, bool]:
-        """(metric that selects ``best.pt``, whether higher is better), checked before training starts."""
-        raise NotImplementedError
-
-    def image_panels(self, engine: "Engine") -> dict[str, torch.Tensor]:
-        """(3, H, W) float images for TensorBoard; empty by default."""
-        return {}
-
-    def wrap_for_distributed(self, engine: "Engine") -> None:
-        """Prepare modules for several processes (called once when the world size is > 1)."""
-
-    def synchronise_gradients(self, engine: "Engine") -> None:
-        """Average over ranks the gradients that DDP does not (called after every backward, before clipping)."""
-
-    def after_step(self, engine: "Engine") -> None:
-        """Called after every optimiser step (e.g. to update adaptive task weights)."""
-
-    def metadata(self) -> dict[str, Any]:
-        """Task and class metadata stored in checkpoints."""
-        return {}
+from mtlda.schema import ExperimentConfig
 
 
 def _describe_checkpoint(path: Path, iteration: int | None) -> str:
