@@ -228,6 +228,7 @@ def _ddp_worker(rank: int, world: int, port: int, workdir: str, out: str) -> Non
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_step_equals_single_process_on_union_batch(tmp_path):
     port = _free_port()
     mp.spawn(_ddp_worker, args=(2, port, str(tmp_path / "ddp"), str(tmp_path / "ddp.pt")), nprocs=2)

@@ -54,6 +54,7 @@ def test_torchscript_export_matches_the_eager_model(checkpoint: Path, tmp_path: 
         torch.testing.assert_close(exported, eager, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_onnx_export_matches_the_eager_model_in_onnxruntime(checkpoint: Path, tmp_path: Path) -> None:
     pytest.importorskip("onnxscript", reason="torch.onnx.export(dynamo=True) needs onnxscript")
     onnxruntime = pytest.importorskip("onnxruntime")

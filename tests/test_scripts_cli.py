@@ -59,6 +59,7 @@ def test_resume_without_checkpoint_keeps_folder_intact(monkeypatch, capsys, tmp_
     assert sorted(p.name for p in workdir.iterdir()) == ["notes.txt"]
 
 
+@pytest.mark.slow
 def test_real_process_prints_help_and_config():
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     done = subprocess.run([sys.executable, "scripts/supervised.py", "--print-config", "--set", "seed=5"], cwd=ROOT,

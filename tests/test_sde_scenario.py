@@ -24,6 +24,8 @@ from mtlda.scenarios.sde import SDEScenario, build_pose_net, check_sde_config, l
 from mtlda.schema import DepthProtocol
 from mtlda.tasks import DisparityTask
 
+pytestmark = pytest.mark.slow  # trains models (run the fast lane with -m 'not slow')
+
 ROOT = Path(__file__).resolve().parents[1]
 SDE_EXPERIMENTS = ROOT / "experiments" / "sde"
 PRETRAIN_STEPS = 40
@@ -244,11 +246,12 @@ def test_disparity_task_decodes_evaluates_and_draws():
                          ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_every_experiment_parses_and_builds_its_model(path):
     cfg = load_config(str(path), [])
-    assert cfg.scenario == "sde" and cfg.data.frames == [-1, 1]
+    self_supervised = path.stem != "s_stl"
+    assert cfg.scenario == "sde" and cfg.data.frames == ([-1, 1] if self_supervised else [])
     stage = "pretrain" if path.stem == "pretrain" else "multitask"
     assert cfg.sde.stage == stage
     if stage == "multitask":
-        assert cfg.model.block == path.stem.removeprefix("sd_")
+        assert cfg.model.block == (path.stem.removeprefix("sd_") if self_supervised else "none")
         assert cfg.sde.init_from.endswith("_sde_pretrain/s0/last.pt")
 
     if path.parent.name == "cityscapes":
@@ -264,5 +267,6 @@ def test_every_experiment_parses_and_builds_its_model(path):
         model = SDEScenario(cfg, engine, train=False, with_data=False).model
     model.valid_input_size(*input_size(cfg.data, train=True))
     model.valid_input_size(*input_size(cfg.data, train=False))
-    assert set(model.tasks) == ({"disp"} if stage == "pretrain" else {"disp", "semseg"})
+    assert set(model.tasks) == {"pretrain": {"disp"}, "multitask": {"disp", "semseg"}}[stage] - (
+        set() if self_supervised else {"disp"})
     assert build_pose_net(cfg).encoder.backbone == cfg.sde.pose_backbone

@@ -19,6 +19,8 @@ from mtlda.scenarios.engine import Engine
 from mtlda.scenarios.runner import evaluate_checkpoint, train
 from mtlda.scenarios.supervised import SupervisedScenario
 
+pytestmark = pytest.mark.slow  # trains models (run the fast lane with -m 'not slow')
+
 TINY = [
     "data.height=64", "data.width=128", "data.batch_size=8", "data.val_batch_size=16",
     "data.toycity.height=64", "data.toycity.width=128", "data.toycity.num_train=48", "data.toycity.num_val=16",

@@ -13,6 +13,8 @@ from mtlda.scenarios.engine import Engine
 from mtlda.scenarios.runner import evaluate_checkpoint, train
 from mtlda.scenarios.uda import UDAScenario
 
+pytestmark = pytest.mark.slow  # trains models (run the fast lane with -m 'not slow')
+
 SIZE = ["height=64", "width=128", "toycity.height=64", "toycity.width=128", "toycity.num_train=16",
         "toycity.num_val=8", "batch_size=4"]
 

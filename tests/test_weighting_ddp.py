@@ -8,6 +8,7 @@ import contextlib
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -15,6 +16,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from mtlda.weighting import all_reduce_mean_, build_weighting, rank_mean_losses, weighted_backward
+
+pytestmark = pytest.mark.slow  # trains models (run the fast lane with -m 'not slow')
 
 TASKS = ("a", "b")
 METHODS = ("pcgrad", "uncertainty")

@@ -147,6 +147,7 @@ def test_module_roles_follow_the_official_names() -> None:
 
 
 # ------------------------------------------------------------------------------------------------- parity
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["SD", "SDN"])
 def test_imported_model_reproduces_the_official_outputs(name: str, official, models) -> None:
     cfg, model = models[name]
