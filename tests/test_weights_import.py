@@ -21,6 +21,7 @@ from mtlda.config import load_config
 from mtlda.constants import OFFICIAL_DEPTH_INV_OFFSET, OFFICIAL_DEPTH_INV_SCALE
 from mtlda.data.batch import Batch
 from mtlda.data.registry import dataset_info
+from mtlda.data.toycity_export import export_toycity
 from mtlda.scenarios.checkpoint import load_checkpoint
 from mtlda.tasks import build_tasks
 from mtlda.weights import (
@@ -356,6 +357,31 @@ def test_import_writes_a_weights_only_checkpoint_that_loads_strictly(tmp_path: P
     model.load_state_dict(ckpt["modules"]["model"], strict=True, assign=True)
     torch.testing.assert_close(model.state_dict()["encoder.conv1.weight"],
                                official["SD"]["backbone.encoder.conv1.weight"])
+
+
+@pytest.mark.slow
+def test_calibration_scores_every_fusion_order_on_validation_images_and_imports_the_best(tmp_path: Path,
+                                                                                         official) -> None:
+    root = tmp_path / "cityscapes"
+    export_toycity(root, "cityscapes", height=64, width=128, num_train=1, num_val=2, seed=0)
+    source = tmp_path / "cs_densemtl_SDN.pkl"
+    torch.save(official["SDN"], source)
+    small = [f"data.root={root}", "data.height=64", "data.width=128"]
+    provenance = import_weights(source, "densemtl", EXPERIMENTS["SDN"], tmp_path / "cs_sdn.pt", overrides=small,
+                                calibrate=3)
+    calibration = provenance["fusion_order_calibration"]
+    scores = calibration["scores"]
+    assert sorted(scores) == sorted(fusion_orders(TASKS["SDN"])) and len(set(scores.values())) > 1
+    assert provenance["fusion_order"] == max(scores, key=scores.get)
+    assert abs(sum(scores.values())) < 1e-6 and (calibration["split"], calibration["images"]) == ("val", 3)
+    expected = densemtl_to_mtlda(official["SDN"], TASKS["SDN"], provenance["fusion_order"])
+    stored = load_checkpoint(tmp_path / "cs_sdn.pt")["modules"]["model"]
+    for key in ("exchange.1.fuse.semseg.0.weight", "exchange.1.fuse.normals.0.weight"):
+        torch.testing.assert_close(stored[key], expected[key])
+    with pytest.raises(WeightImportError, match="either --fusion-order or --calibrate"):
+        import_weights(source, "densemtl", EXPERIMENTS["SDN"], tmp_path / "x.pt", fusion_order=provenance[
+            "fusion_order"], overrides=small, calibrate=1)
+    assert not (tmp_path / "x.pt").exists()
 
 
 def _script(*args: str, monkeypatch, capsys) -> tuple[int, str, str]:
