@@ -18,7 +18,7 @@ from mtlda.data.nyudv2 import NYUDv2Dataset
 from mtlda.data.synthia import SynthiaDataset
 from mtlda.data.toycity import render_sample
 from mtlda.data.toycity_export import CITYSCAPES_BASELINE, VAL_INDEX_OFFSET, export_toycity
-from mtlda.data.vkitti2 import VKITTI2Dataset
+from mtlda.data.vkitti2 import VKITTI2Dataset, split_frames
 
 H, W = 64, 128
 NUM_TRAIN, NUM_VAL = 3, 2
@@ -116,6 +116,15 @@ def test_cityscapes_samples_without_neighbours_are_dropped(roots, tmp_path, capl
     ds = CityscapesDataset(root, "train", ["semseg"], (H, W), class_set_name="toycity", frames=(-1, 1))
     assert len(ds) == NUM_TRAIN - 1
     assert "dropped 1 of 3" in caplog.text
+
+
+def test_vkitti2_paper_split_holds_exactly_its_listed_frames(roots):
+    on_disk = {(s, f) for split in ("train", "val") for s, f in _load(roots, "vkitti2", split).items}
+    for split in ("paper_train", "paper_val"):
+        assert set(_load(roots, "vkitti2", split).items) == on_disk & split_frames(split)
+    assert _load(roots, "vkitti2", "paper_val").items
+    with pytest.raises(DatasetError, match="paper_train"):
+        _load(roots, "vkitti2", "paper")
 
 
 def test_nyudv2_ground_truth_normals_and_edges(roots):

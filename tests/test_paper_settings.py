@@ -12,6 +12,7 @@ import torch
 
 from mtlda.config import load_config
 from mtlda.data.batch import Batch
+from mtlda.data.vkitti2 import VKITTI2Dataset, split_frames
 from mtlda.scenarios.dense import input_size
 from mtlda.scenarios.evaluation import evaluate
 from mtlda.tasks import SemsegTask, task_weights
@@ -149,3 +150,11 @@ def test_packaged_split_files_are_disjoint():
         train = set((splits / f"{name}_train.txt").read_text().split())
         val = set((splits / f"{name}_val.txt").read_text().split())
         assert train and val and not train & val, name
+
+
+def test_the_papers_vkitti2_split_is_a_fixed_80_20_split_of_every_frame():
+    train, val = split_frames("paper_train"), split_frames("paper_val")
+    assert not train & val
+    every = {(scene, frame) for scene, count in VKITTI2Dataset.official_counts.items() for frame in range(count)}
+    assert train | val == every and round(0.8 * len(every)) == len(train)
+    assert len({scene for scene, _ in val}) == len(VKITTI2Dataset.official_counts)

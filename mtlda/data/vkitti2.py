@@ -13,7 +13,9 @@ release's variations such as ``15-deg-left``, ``fog``, ``morning``) under the ro
   the file resolution; without it the release's constant camera (725.0087, 725.0087, 620.5, 187.0 at 1242x375).
 
 Paths are built component by component (never by replacing "rgb" in a path string).
-Splits by scene: ``mtlda/data/splits/vkitti2_{train,val}.txt`` (see the README there), or ``all`` scenes.
+Splits by scene: ``mtlda/data/splits/vkitti2_{train,val}.txt`` (see the README there), or ``all`` scenes; the paper's
+protocol, a fixed random 80/20 frame split (neighbouring frames on both sides), is ``paper_train`` / ``paper_val``
+(``vkitti2_paper_{train,val}.txt``, lines ``Scene<NN> <frame>``).
 Neighbour frames (``frames``) are ``rgb_<n +- k>.jpg`` of the same scene and variation.
 """
 
@@ -49,13 +51,29 @@ _KINDS = {"rgb": ("rgb", "rgb", "jpg"), "labels": ("classSegmentation", "classgt
           "depth": ("depth", "depth", "png")}
 
 
+SPLITS = ("train", "val", "paper_train", "paper_val", "all")
+
+
+def _split_lines(split: str) -> list[str]:
+    resource = resources.files("mtlda.data") / "splits" / f"vkitti2_{split}.txt"
+    if split == "all" or not resource.is_file():
+        raise DatasetError(f"Virtual KITTI 2 has no split file {split!r}; choose one of {', '.join(SPLITS)}")
+    return [line.strip() for line in resource.read_text().splitlines() if line.strip()]
+
+
 @lru_cache(maxsize=None)
 def split_scenes(split: str) -> tuple[str, ...]:
-    """Scene names of a packaged split file (``train``, ``val``)."""
-    resource = resources.files("mtlda.data") / "splits" / f"vkitti2_{split}.txt"
-    if not resource.is_file():
-        raise DatasetError(f"Virtual KITTI 2 has no split {split!r}; choose train, val or all")
-    return tuple(line.strip() for line in resource.read_text().splitlines() if line.strip())
+    """Scene names of a packaged split file (``train``, ``val``, ``paper_train``, ``paper_val``)."""
+    return tuple(dict.fromkeys(line.split()[0] for line in _split_lines(split)))
+
+
+@lru_cache(maxsize=None)
+def split_frames(split: str) -> frozenset[tuple[str, int]] | None:
+    """(scene, frame) pairs of a frame-level split file (the paper's), None for a split by whole scenes."""
+    fields = [line.split() for line in _split_lines(split)]
+    if all(len(f) == 1 for f in fields):
+        return None
+    return frozenset((scene, int(frame)) for scene, frame in fields)
 
 
 def frame_folder(root: Path, scene: str, variation: str, kind: str) -> Path:
@@ -112,7 +130,8 @@ def read_depth(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 @register_dataset
 class VKITTI2Dataset(DenseDataset):
-    """Virtual KITTI 2 frames of the scenes of a split (``train``, ``val``, ``all``) in one ``variation``."""
+    """Virtual KITTI 2 frames of a split (by scene: ``train``, ``val``, ``all``; by frame, the paper's:
+    ``paper_train``, ``paper_val``) in one ``variation``."""
 
     name = "vkitti2"
     title = "Virtual KITTI 2"
@@ -161,6 +180,9 @@ class VKITTI2Dataset(DenseDataset):
             self._intrinsics[scene] = scene_intrinsics(self.root, scene, self.variation)
             rgb = frame_folder(self.root, scene, self.variation, "rgb")
             items += sorted((scene, int(p.stem.split("_")[1])) for p in rgb.glob("rgb_*.jpg"))
+        listed = split_frames(self.split) if self.split != "all" else None
+        if listed is not None:
+            items = [item for item in items if item in listed]
         if self.frames:
             has_all = [all(frame_path(self.root, s, self.variation, "rgb", f + k).is_file() for k in self.frames)
                        for s, f in items]
