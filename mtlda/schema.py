@@ -60,6 +60,7 @@ class ToycityConfig:
 class DataConfig:
     dataset: str = "toycity"  # toycity | cityscapes | synthia | vkitti2 | nyudv2
     root: str = ""  # empty: from CITYSCAPES_DIR / SYNTHIA_DIR / VKITTI2_DIR / NYUDV2_DIR
+    normals_root: str = ""  # folder holding normals_mtlda/ (prepare-normals --out); empty: the data set root
     classes: int = 0  # class set of the loader (0: the data set's default)
     variation: str = "clone"  # Virtual KITTI 2 variation (clone, fog, morning, 15-deg-left, ...)
     height: int = field(default=128, metadata=at_least(1))  # images are resized to height x width (K updated)

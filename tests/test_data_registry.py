@@ -9,6 +9,7 @@ import torch
 from mtlda.data import toycity_export
 from mtlda.data.io import DatasetError
 from mtlda.data.labels import TOYCITY_CLASSES
+from mtlda.data.normals_io import normals_path, write_normals
 from mtlda.data.registry import build_dataset, dataset_info
 from mtlda.schema import DataConfig, ToycityConfig
 
@@ -33,6 +34,20 @@ def test_toycity_is_generated_once_then_read_from_the_cache(tmp_path, monkeypatc
 
     monkeypatch.setattr(toycity_export, "render_sample", no_render)
     assert torch.equal(build_dataset(cfg, "val", False, ["semseg"])[1].image, val[1].image)
+
+
+def test_normals_root_reads_normals_written_outside_the_data_set(tmp_path):
+    cfg = _cfg(tmp_path, val_height=32, val_width=64)
+    plain = build_dataset(cfg, "val", False, ["normals"])
+    elsewhere = tmp_path / "normals"
+    normals = np.zeros((32, 64, 3), np.float32)
+    normals[..., 1] = -1.0
+    write_normals(normals_path(plain.root, plain._depth_file(0), elsewhere), normals, np.ones((32, 64), bool))
+    read = build_dataset(dataclasses.replace(cfg, normals_root=str(elsewhere)), "val", False, ["normals"])[0]
+    assert torch.equal(read.targets["normals"][1], torch.full((32, 64), -1.0))
+    assert not torch.equal(plain[0].targets["normals"], read.targets["normals"])
+    with pytest.raises(DatasetError, match=r"no normals_mtlda/ folder.*prepare_normals\.py"):
+        build_dataset(dataclasses.replace(cfg, normals_root=str(tmp_path / "absent")), "val", False, ["normals"])
 
 
 def test_a_new_generator_version_regenerates(tmp_path, monkeypatch):

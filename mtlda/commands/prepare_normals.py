@@ -4,8 +4,8 @@ For every depth source of the data set (its loader's depth_files: Cityscapes dis
 JSON, Synthia Depth/Depth/*.png, Virtual KITTI 2 Scene*/*/frames/depth/Camera_0/depth_*.png) the normals are
 computed at the file's resolution with mtlda.geometry.normals_from_depth and written to
 <out>/normals_mtlda/<path relative to the root>.png (16-bit, invalid pixels 0; see mtlda/data/normals_io.py).
-<out> is the data set root unless --out names another folder (for a read-only data set); the loaders read the
-files from their normals_root (default: the data set root), so train with that folder as normals_root.
+<out> is the data set root unless --out names another folder (for a read-only data set); training reads the
+files from data.normals_root (default: the data set root), so train with --set data.normals_root=<out>.
 
 Files already written are skipped, so an interrupted run resumes; every file is written under a temporary name
 and renamed when complete. Data sets with ground-truth normals (NYUDv2) need nothing. Without --root the data
@@ -20,9 +20,11 @@ examples:
 from __future__ import annotations
 
 import argparse
+import errno
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -31,6 +33,8 @@ from mtlda.data.base import DenseDataset
 from mtlda.data.catalog import dataset_class, dataset_names, describe_datasets
 from mtlda.data.io import DatasetError
 from mtlda.data.normals_io import NORMALS_DIR, normals_path, write_normals
+from mtlda.errors import UserInputError
+from mtlda.files import WriteError
 from mtlda.geometry import normals_from_depth
 
 
@@ -55,8 +59,20 @@ def _pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} asked for a GPU but none is available; use --device cpu")
+        raise UserInputError(f"--device {name} asked for a GPU but none is available; use --device cpu")
     return torch.device(name)
+
+
+def _write(path: Path, normals: np.ndarray, valid: np.ndarray, root: Path, out: Path | None) -> None:
+    """Write one normal map; a data set that refuses it (read-only) is an error naming ``--out``."""
+    try:
+        write_normals(path, normals, valid)
+    except WriteError as err:
+        cause = err.__cause__
+        if out is not None or getattr(cause, "errno", None) not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        raise WriteError(f"cannot write the normals into the data set {root} ({cause.strerror}): pass --out DIR to "
+                         "write them elsewhere (and train with that folder as normals_root)") from None
 
 
 def prepare_normals(dataset: str, root: Path, device: str = "auto", batch_size: int = 8, workers: int = 0,
@@ -64,9 +80,9 @@ def prepare_normals(dataset: str, root: Path, device: str = "auto", batch_size: 
     """Write the missing normal maps of ``dataset`` under ``out`` (None: ``root``); returns (written, skipped)."""
     loader = dataset_class(dataset)
     if loader.has_normals_gt:
-        raise ValueError(f"{dataset} ships ground-truth normals; there is nothing to prepare")
+        raise UserInputError(f"{dataset} ships ground-truth normals; there is nothing to prepare")
     if batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+        raise UserInputError(f"--batch-size must be at least 1, got {batch_size}")
     if not root.is_dir():
         raise DatasetError(f"--root {root} is not a folder; point it at the extracted {dataset} data set")
     files = loader.depth_files(root)
@@ -89,7 +105,7 @@ def prepare_normals(dataset: str, root: Path, device: str = "auto", batch_size: 
                 normals = normals.permute(0, 2, 3, 1).cpu().numpy()
                 valid = valid[:, 0].cpu().numpy()
                 for (path, *_), n, v in zip(group, normals, valid):
-                    write_normals(normals_path(root, path, out), n, v)
+                    _write(normals_path(root, path, out), n, v, root, out)
             bar.update(len(items))
     return len(todo), len(files) - len(todo)
 

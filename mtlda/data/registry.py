@@ -25,6 +25,7 @@ from mtlda.data.augment import AugmentConfig
 from mtlda.data.base import DenseDataset
 from mtlda.data.catalog import TOYCITY, dataset_class, dataset_names
 from mtlda.data.io import DatasetError
+from mtlda.data.normals_io import NORMALS_DIR
 from mtlda.data.toycity import MAX_DEPTH as TOYCITY_MAX_DEPTH
 from mtlda.data.toycity_export import FORMATS as TOYCITY_FORMATS
 from mtlda.data.toycity_export import SEQUENCE_FORMATS, ensure_toycity, toycity_name
@@ -86,6 +87,18 @@ def data_root(cfg: DataConfig, with_sequences: bool = False) -> Path:
     return path
 
 
+def _normals_root(cfg: DataConfig) -> Path | None:
+    """``data.normals_root`` (the folder prepare-normals --out wrote normals_mtlda/ into), None for the data set
+    root; DatasetError when it is set but holds no normals_mtlda folder."""
+    if not cfg.normals_root:
+        return None
+    path = Path(cfg.normals_root).expanduser()
+    if not (path / NORMALS_DIR).is_dir():
+        raise DatasetError(f"data.normals_root {path} has no {NORMALS_DIR}/ folder; write it with "
+                           f"scripts/prepare_normals.py --dataset {cfg.dataset} --out {path}, or unset data.normals_root")
+    return path
+
+
 def build_dataset(cfg: DataConfig, split: str, train: bool, tasks: Sequence[str]) -> Dataset:
     """The data set of ``split`` for ``tasks`` (full task names), augmented when ``train``; see the module doc."""
     loader = _loader(cfg)
@@ -104,6 +117,7 @@ def build_dataset(cfg: DataConfig, split: str, train: bool, tasks: Sequence[str]
         augment=AugmentConfig.from_data_config(cfg) if train else None,
         depth_cap=_depth_cap(cfg, loader),
         allow_missing=cfg.dataset == TOYCITY,
+        normals_root=_normals_root(cfg),
         **{key: getattr(cfg, key) for key in loader.config_options},
     )
 
