@@ -25,7 +25,7 @@ from mtlda.config import load_config
 from mtlda.data.io import read_rgb
 from mtlda.errors import UserInputError
 from mtlda.resize import resize_to
-from mtlda.scenarios.checkpoint import CheckpointError, load_checkpoint
+from mtlda.scenarios.checkpoint import CheckpointError, load_checkpoint, state_mismatch
 from mtlda.scenarios.dense import DenseScenario, input_size
 from mtlda.scenarios.engine import Engine
 from mtlda.scenarios.registry import scenario_class
@@ -55,10 +55,17 @@ class Prediction:
         raise AttributeError(f"no prediction {name!r}; this model predicts {sorted(maps)}")
 
 
+def image_file(path: str | os.PathLike) -> Path:
+    """``path`` if it is a file; an error about the image otherwise."""
+    if not Path(path).is_file():
+        raise UserInputError(f"image not found: {path} (pass the path of an existing image file)")
+    return Path(path)
+
+
 def as_image(image: ImageLike) -> Tensor:
     """(3, H, W) float32 RGB in [0, 1] of a file path, an (H, W, 3) uint8 array or a (3, H, W) tensor."""
     if isinstance(image, (str, os.PathLike)):
-        return torch.from_numpy(read_rgb(Path(image))).permute(2, 0, 1).float().div(255)
+        return torch.from_numpy(read_rgb(image_file(image))).permute(2, 0, 1).float().div(255)
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
             raise UserInputError(f"an image array must be (H, W, 3) RGB, got shape {image.shape}")
@@ -112,7 +119,9 @@ def build_inference(cfg: ExperimentConfig, state: dict[str, Tensor], device: tor
     try:
         network.load_state_dict(state)
     except RuntimeError as err:
-        raise CheckpointError(f"the weights do not fit the checkpoint's model ({str(err).splitlines()[0]})") from None
+        raise CheckpointError(f"the checkpoint's weights do not fit the model its config describes "
+                              f"({state_mismatch(err)}); use a checkpoint written by this version of mtlda with "
+                              "its own config (or retrain)") from None
     return Predictor(network, scenario.tasks, cfg, list(scenario.info.class_names))
 
 

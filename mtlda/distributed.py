@@ -99,6 +99,47 @@ def local_batch_size(global_batch: int, world: int, what: str = "data.batch_size
     return global_batch // world
 
 
+AUTO_WORKERS = -1
+MAX_AUTO_WORKERS = 8
+
+
+def loader_workers(requested: int) -> int:
+    """DataLoader workers of this process for ``data.workers``: the count itself, or for ``-1`` (auto) the CPU cores
+    this process may use, shared among the ranks on this machine (torchrun's LOCAL_WORLD_SIZE), less the one that
+    trains, at most 8. Two cores and one process give 1 (``mtlda benchmark --data``: loading then overlaps the step
+    instead of adding to it)."""
+    if requested != AUTO_WORKERS:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    local_ranks = max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+    return max(0, min(MAX_AUTO_WORKERS, cores // local_ranks - 1))
+
+
+def ddp_options(device: torch.device) -> dict[str, Any]:
+    """How the network is wrapped in DistributedDataParallel (NCCL on GPUs, gloo on CPUs), every setting explicit:
+
+    - ``device_ids``: the rank's GPU (None on CPUs: the module's own device);
+    - ``find_unused_parameters=False``: every parameter of the wrapped network gets a gradient at every step (each
+      head is supervised; modules outside a step's graph, UDA's discriminators and SDE's pose net, are not wrapped),
+      so DDP does not traverse the autograd graph after each forward;
+    - ``static_graph=True``: the parameters used and the order in which their gradients become ready are the same
+      at every step (no iteration-dependent control flow; validation runs the unwrapped module), so DDP records
+      them in the first iteration and buckets gradients in that order (it also supports activation checkpointing,
+      ``model.checkpointing``, in every form);
+    - ``gradient_as_bucket_view=True``: the .grad tensors are views into the all-reduce buckets, which saves one copy
+      of the gradients (the size of the network); valid because nothing replaces or detaches a .grad before the
+      optimiser (clipping and AMP unscaling work in place, zero_grad sets them to None);
+    - ``bucket_cap_mb=25`` (torch's default): about ten buckets for the paper's ResNet-101 S-D, so communication
+      overlaps the backward pass.
+
+    Buffers keep torch's default: BatchNorm running statistics follow rank 0's at every forward (with
+    ``model.sync_bn`` they are the same on every rank anyway); the flag is not passed because its name changes
+    across the supported torch versions (``broadcast_buffers``, deprecated in 2.14 for ``forward_sync_buffers``).
+    """
+    return {"device_ids": [device.index] if device.type == "cuda" else None, "find_unused_parameters": False,
+            "static_graph": True, "gradient_as_bucket_view": True, "bucket_cap_mb": 25}
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

@@ -35,11 +35,14 @@ def tmp(tmp_path_factory):
     torch.set_num_threads(threads)
 
 
-def check(scenario, tasks: set[str]) -> None:
+def check(scenario, tasks: set[str], panels: set[str] = frozenset()) -> None:
+    """The toy task was scored, the toy block built, and the image panels (every 2 steps) written as PNG files."""
     results = scenario.last_results
     assert set(results) == tasks
     assert results["elevation"]["mae"] > 0 and results["semseg"]["miou"] >= 0
     assert "gate" in type(next(iter(scenario.model.exchange.values()))).__name__.lower()
+    written = {p.stem: p.stat().st_size for p in (Path(scenario.cfg.workdir) / "panels").glob("*.png")}
+    assert set(written) == {"val_predictions", *panels} and min(written.values()) > 1000
 
 
 def test_the_elevation_target_is_the_height_above_the_road(tmp):
@@ -58,7 +61,7 @@ def test_a_fifth_task_and_a_new_block_train_in_the_supervised_scenario(tmp):
 def test_a_fifth_task_and_a_new_block_train_in_the_uda_scenario(tmp):
     source = [f"uda.source.{s}" for s in SIZE] + [f"uda.source.toycity.cache_dir={tmp / 'cache'}"]
     _, scenario, _ = train(config(tmp, "uda/toycity/sd_mteb.yaml", "uda", "train.iterations=2", *source))
-    check(scenario, {"semseg", "elevation"})
+    check(scenario, {"semseg", "elevation"}, {"train_adaptation"})
     assert {"elevation_s0", "semseg_s0"} <= set(scenario.extra["discriminators"])
 
 
@@ -68,4 +71,4 @@ def test_a_fifth_task_and_a_new_block_train_in_the_sde_scenario(tmp):
     multitask = config(tmp, "sde/toycity/sd_mteb.yaml", "sde", "train.iterations=2",
                        f"sde.init_from={tmp / 'pretrain' / 'last.pt'}")
     _, scenario, _ = train(multitask)
-    check(scenario, {"semseg", "elevation", "disp"})
+    check(scenario, {"semseg", "elevation", "disp"}, {"train_photometric"})

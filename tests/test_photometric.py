@@ -349,3 +349,23 @@ def test_toycity_depth_gradient_points_towards_the_true_scale(toycity_triplet):
         loss, _ = PhotometricLoss()({0: disparity}, target, sources, poses, K)
         loss.backward()
         assert log_scale.grad.item() * direction > 0, (scale, log_scale.grad.item())
+
+
+def test_reprojection_maps_are_the_pieces_the_loss_averages(toycity_triplet):
+    target, sources, depth, poses, K = toycity_triplet
+    loss_fn = PhotometricLoss(smoothness=0.0)
+    disp = _depth_to_sigmoid_disp(depth)
+    maps = loss_fn.reprojection_maps(disp, target, sources, poses, K)
+    loss, diagnostics = loss_fn({0: disp}, target, sources, poses, K)
+    torch.testing.assert_close(maps.min_error.mean(), loss)
+    torch.testing.assert_close((~maps.supervised).float().mean(), diagnostics["automask_fraction"])
+    for offset, warped in maps.warped.items():
+        torch.testing.assert_close(warped, synthesise_view(sources[offset], depth.clamp(0.1, 100.0)
+                                                           .where(depth > 0, torch.tensor(100.0)), poses[offset], K),
+                                   atol=2e-3, rtol=0)
+    # at the true geometry the warped frames explain most pixels better than the unmoved neighbours
+    assert maps.supervised.float().mean() > 0.5 and (maps.error < maps.identity_error).any()
+    static = loss_fn.reprojection_maps(disp, target, {o: target for o in (-1, 1)}, poses, K)
+    assert not static.supervised.any() and static.min_error.abs().max() == 0
+    unmasked = PhotometricLoss(automask=False).reprojection_maps(disp, target, sources, poses, K)
+    assert unmasked.identity_error is None and unmasked.supervised.all()

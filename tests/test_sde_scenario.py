@@ -16,8 +16,9 @@ import mtlda
 from mtlda.config import load_config
 from mtlda.data.batch import Batch
 from mtlda.errors import UserInputError
+from mtlda.panel_layout import font_scale_for, text_height
 from mtlda.scenarios.checkpoint import CheckpointError, load_checkpoint
-from mtlda.scenarios.dense import input_size
+from mtlda.scenarios.dense import PANEL_IMAGES, input_size
 from mtlda.scenarios.engine import Engine
 from mtlda.scenarios.runner import baseline_rows, evaluate_checkpoint, report, train
 from mtlda.scenarios.sde import SDEScenario, build_pose_net, check_sde_config, load_pretrained_depth
@@ -111,6 +112,25 @@ def test_multitask_stage_starts_from_the_depth_decoder(pretrained):
     assert semseg_head.weight.shape[0] == scenario.info.num_classes
 
 
+def test_segmentation_alone_starts_from_the_pretrain_checkpoint_without_depth(pretrained, tmp_path):
+    tmp, pre_cfg, _, _ = pretrained
+    checkpoint = Path(pre_cfg.workdir) / "last.pt"
+    cfg = sde_config(tmp, "s_stl.yaml", tmp_path / "s_stl", f"sde.init_from={checkpoint}", "train.iterations=2",
+                     "train.val_every=2")
+    engine, scenario, _ = train(cfg)
+    assert set(scenario.tasks) == {"semseg"} and set(scenario.model.decoders) == {"semseg"}
+    assert scenario.extra == {} and "disp" not in scenario.last_results
+    assert {g["name"] for g in engine.optimizers["model"].param_groups} == {"backbone", "decoders"}
+    assert set(load_checkpoint(Path(cfg.workdir) / "last.pt")["modules"]) == {"model", "weighting"}
+    fresh = SDEScenario(cfg, Engine(cfg, tmp_path / "init", torch.device("cpu"), show_progress=False)).model
+    saved = load_checkpoint(checkpoint)["modules"]["model"]
+    assert all(torch.equal(v, saved[f"encoder.{k}"]) for k, v in fresh.encoder.state_dict().items())
+    assert all(torch.equal(v, saved[f"decoders.disp.blocks.{k}"])
+               for k, v in fresh.decoders["semseg"].blocks.state_dict().items())
+    with pytest.raises(UserInputError, match="must include 0"):
+        check_sde_config(sde_config(tmp, "pretrain.yaml", tmp_path / "bad", "sde.disp_scales=[]"), train=True)
+
+
 def test_initialisation_reports_what_it_copied_and_rejects_other_checkpoints(pretrained, multitask_run):
     tmp, pre_cfg, _, _ = pretrained
     cfg, _, _ = multitask_run
@@ -136,6 +156,19 @@ def test_multitask_training_trains_segmentation_and_depth(multitask_run):
     assert groups == {"backbone": 2e-4, "decoders": 1e-3, "exchange": 1e-3, "pose": 1e-4}
     saved = load_checkpoint(Path(scenario.cfg.workdir) / "last.pt")
     assert set(saved["modules"]) == {"model", "pose", "weighting"}
+
+
+def test_panels_show_the_photometric_loss_on_training_frames(multitask_run):
+    cfg, engine, scenario = multitask_run
+    panels = scenario.image_panels(engine)
+    assert set(panels) == {"val/predictions", "train/photometric"}
+    picture = panels["train/photometric"]
+    h, w = input_size(cfg.data, train=True)
+    rows = min(PANEL_IMAGES, len(scenario.train_split))
+    columns = 1 + 2 * len(cfg.data.frames) + 3  # target; each frame and its warp; error, auto-mask, disparity
+    assert picture.shape == (3, text_height(font_scale_for(w)) + rows * (h + 4), columns * (w + 4))
+    assert 0 <= picture.min() and picture.max() <= 1
+    torch.testing.assert_close(scenario.image_panels(engine)["train/photometric"], picture)  # the same frames
 
 
 def test_resume_continues_the_same_run(pretrained, multitask_run, tmp_path):
@@ -267,6 +300,6 @@ def test_every_experiment_parses_and_builds_its_model(path):
         model = SDEScenario(cfg, engine, train=False, with_data=False).model
     model.valid_input_size(*input_size(cfg.data, train=True))
     model.valid_input_size(*input_size(cfg.data, train=False))
-    assert set(model.tasks) == {"pretrain": {"disp"}, "multitask": {"disp", "semseg"}}[stage] - (
-        set() if self_supervised else {"disp"})
+    supervised = set() if stage == "pretrain" else {"semseg"}
+    assert set(model.tasks) == supervised | ({"disp"} if self_supervised else set())
     assert build_pose_net(cfg).encoder.backbone == cfg.sde.pose_backbone

@@ -43,6 +43,11 @@ def test_uda_trains_resumes_and_evaluates_on_target(tmp_path):
     assert load_checkpoint(tmp_path / "run" / "last.pt")["optimizers"]["discriminators"]["state"][0]["step"] == 3
     key = scenario.references.key
     assert (key.scenario, key.dataset, key.setting) == ("uda", "toycity-textured", "from toycity-flat, adapted")
+    panels = scenario.image_panels(engine)
+    assert set(panels) == {"val/predictions", "train/adaptation"}
+    # source over target; per image: input, prediction and target of both tasks, both discriminator inputs
+    picture, one_domain = panels["train/adaptation"], panels["val/predictions"]
+    assert picture.shape[2] == one_domain.shape[2] + 2 * (128 + 4) and picture.shape[1] > 2 * one_domain.shape[1]
     engine, evaluated = evaluate_checkpoint(longer, str(tmp_path / "run" / "last.pt"))
     results = evaluated.evaluate_tasks(engine)
     assert set(results) == {"depth", "semseg"}
@@ -81,6 +86,7 @@ def test_discriminators_step_only_on_their_loss_and_source_only_has_none(tmp_pat
     engine.attach(scenario)
     out = scenario.train_step(next(scenario.train_batches(0)), engine)
     assert not any(k.startswith(("adv/", "disc/")) for k in out.terms)
+    assert set(scenario.image_panels(engine)) == {"val/predictions"}
     assert all(p.grad is None for p in scenario.extra["discriminators"].parameters())
 
 

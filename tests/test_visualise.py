@@ -3,13 +3,21 @@ import pytest
 import torch
 
 from mtlda.constants import EVAL_MAX_DEPTH, IGNORE_INDEX
+from mtlda.panel_layout import (
+    class_legend,
+    font_scale_for,
+    labelled_panel,
+    make_panel,
+    stack_panels,
+    text_height,
+    text_strip,
+)
 from mtlda.visualise import (
     HOT_LUT,
     MAGMA_LUT,
     VIRIDIS_LUT,
     apply_lut,
     build_lut,
-    class_legend,
     colourise_depth,
     colourise_depth_pair,
     colourise_depth_per_image,
@@ -18,15 +26,9 @@ from mtlda.visualise import (
     colourise_error,
     colourise_labels,
     colourise_mask,
-    font_scale_for,
     grey_to_rgb,
-    labelled_panel,
-    make_panel,
     normals_to_rgb,
     robust_depth_bounds,
-    stack_panels,
-    text_height,
-    text_strip,
 )
 
 

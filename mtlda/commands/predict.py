@@ -15,17 +15,10 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from mtlda.api import load_model
-from mtlda.data.io import write_image, write_npy
+from mtlda.api import image_file, load_model
+from mtlda.data.io import write_npy
 from mtlda.errors import UserInputError
-
-
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """(3, H, W) float [0, 1] RGB -> (H, W, 3) uint8 RGB."""
-    return (image.clamp(0, 1) * 255 + 0.5).byte().permute(1, 2, 0).cpu().numpy()
+from mtlda.panel_layout import write_picture
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,6 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="network input size (default: the model's training resolution)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
+    for path in args.images:
+        image_file(path)
     model = load_model(args.checkpoint, args.device)
     size = tuple(args.size) if args.size else None
     if args.out.exists() and not args.out.is_dir():
@@ -45,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = model.predict(path, size=size)
         stem = args.out / path.stem
         for name, task in model.tasks.items():
-            write_image(stem.with_name(f"{stem.name}_{name}.png"), to_uint8(task.visualise(out.raw[name])[0]))
+            write_picture(stem.with_name(f"{stem.name}_{name}.png"), task.visualise(out.raw[name])[0])
             write_npy(stem.with_name(f"{stem.name}_{name}.npy"), out.maps[name].cpu().numpy())
         print(f"{path} -> {stem}_*.png")
     return 0

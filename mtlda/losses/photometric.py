@@ -10,7 +10,9 @@ align_corners=False)`` at normalised coordinates (2u + 1) / W - 1 (see :mod:`mtl
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -83,6 +85,33 @@ def edge_aware_smoothness(disp: Tensor, image: Tensor) -> Tensor:
     return (grad_disp_x * torch.exp(-grad_image_x)).mean() + (grad_disp_y * torch.exp(-grad_image_y)).mean()
 
 
+@dataclass
+class ReprojectionMaps:
+    """The per-pixel pieces of the photometric loss at one disparity scale, at the input resolution.
+
+    ``warped``: offset -> (B, 3, H, W) the source frame synthesised into the target view; ``error``: (B, 1, H, W) the
+    minimum reprojection error over warped sources; ``identity_error``: (B, 1, H, W) the minimum over un-warped
+    sources (None without auto-masking).
+    """
+
+    warped: dict[int, Tensor]
+    error: Tensor
+    identity_error: Tensor | None
+
+    @property
+    def supervised(self) -> Tensor:
+        """(B, 1, H, W) bool: the auto-mask, True where a warped source beats every un-warped one (the pixel's error
+        carries gradient); all True without auto-masking."""
+        if self.identity_error is None:
+            return torch.ones_like(self.error, dtype=torch.bool)
+        return self.error < self.identity_error
+
+    @property
+    def min_error(self) -> Tensor:
+        """(B, 1, H, W) the error the loss averages: the minimum over warped and un-warped sources."""
+        return self.error if self.identity_error is None else torch.minimum(self.error, self.identity_error)
+
+
 class PhotometricLoss(nn.Module):
     """Monodepth2's multi-scale self-supervised objective for a target frame and its temporal neighbours.
 
@@ -150,27 +179,14 @@ class PhotometricLoss(nn.Module):
         poses: Mapping[int, Tensor],
         K: Tensor,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        offsets = sorted(sources)
-        height, width = target.shape[-2:]
-        identity_error = None
-        if self.automask:
-            identity_error = torch.cat([reprojection_error(sources[o], target) for o in offsets], dim=1)
-            identity_error = identity_error.min(dim=1, keepdim=True).values
+        identity_error = self._identity_error(target, sources)
         scale_losses, reprojections, smoothnesses, automask_fractions = [], [], [], []
         for scale in sorted(disparities):
             disp = disparities[scale]
-            disp_full = F.interpolate(disp, size=(height, width), mode="bilinear", align_corners=False)
-            _, depth = disp_to_depth(disp_full, self.min_depth, self.max_depth)
-            warped_error = torch.cat(
-                [reprojection_error(synthesise_view(sources[o], depth, poses[o], K), target) for o in offsets],
-                dim=1,
-            ).min(dim=1, keepdim=True).values
-            if identity_error is None:
-                min_error = warped_error
-                automask_fractions.append(torch.zeros((), device=target.device))
-            else:
-                min_error = torch.minimum(warped_error, identity_error)
-                automask_fractions.append((identity_error <= warped_error).float().mean())
+            maps = self._maps(disp, target, sources, poses, K, identity_error)
+            automask_fractions.append((~maps.supervised).float().mean() if self.automask
+                                      else torch.zeros((), device=target.device))
+            min_error = maps.min_error
             image_at_scale = _resize_image(target, disp.shape[-2:])
             smooth = edge_aware_smoothness(disp, image_at_scale)
             reprojection = min_error.mean()
@@ -184,6 +200,34 @@ class PhotometricLoss(nn.Module):
             "automask_fraction": torch.stack(automask_fractions).mean(),
         }
         return loss, diagnostics
+
+    @torch.no_grad()
+    def reprojection_maps(self, disparity: Tensor, target: Tensor, sources: Mapping[int, Tensor],
+                          poses: Mapping[int, Tensor], K: Tensor) -> ReprojectionMaps:
+        """The loss's per-pixel maps for one disparity (B, 1, h, w) of the target (B, 3, H, W), for pictures;
+        arguments as in :meth:`forward`, computed in float32."""
+        scale = round(math.log2(target.shape[-1] / disparity.shape[-1]))
+        self._check_inputs({scale: disparity}, target, sources, poses, K)
+        with torch.autocast(device_type=target.device.type, enabled=False):
+            target, sources = target.float(), {o: f.float() for o, f in sources.items()}
+            identity_error = self._identity_error(target, sources)
+            return self._maps(disparity.float(), target, sources, {o: T.float() for o, T in poses.items()}, K.float(),
+                              identity_error)
+
+    def _identity_error(self, target: Tensor, sources: Mapping[int, Tensor]) -> Tensor | None:
+        """(B, 1, H, W) minimum reprojection error of the un-warped sources (None without auto-masking)."""
+        if not self.automask:
+            return None
+        errors = torch.cat([reprojection_error(sources[o], target) for o in sorted(sources)], dim=1)
+        return errors.min(dim=1, keepdim=True).values
+
+    def _maps(self, disp: Tensor, target: Tensor, sources: Mapping[int, Tensor], poses: Mapping[int, Tensor],
+              K: Tensor, identity_error: Tensor | None) -> ReprojectionMaps:
+        disp_full = F.interpolate(disp, size=tuple(target.shape[-2:]), mode="bilinear", align_corners=False)
+        _, depth = disp_to_depth(disp_full, self.min_depth, self.max_depth)
+        warped = {o: synthesise_view(sources[o], depth, poses[o], K) for o in sorted(sources)}
+        error = torch.cat([reprojection_error(w, target) for w in warped.values()], dim=1)
+        return ReprojectionMaps(warped, error.min(dim=1, keepdim=True).values, identity_error)
 
     @staticmethod
     def _check_inputs(

@@ -9,7 +9,7 @@ batches, its training step and its extra modules (discriminators, pose network).
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -20,20 +20,28 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from mtlda.data.batch import Batch, collate
 from mtlda.data.registry import DatasetInfo, build_dataset, dataset_info
 from mtlda.data.sampling import infinite_batches
-from mtlda.distributed import average_gradients_, convert_sync_batchnorm, local_batch_size
+from mtlda.distributed import (
+    average_gradients_,
+    convert_sync_batchnorm,
+    ddp_options,
+    loader_workers,
+    local_batch_size,
+)
 from mtlda.errors import UserInputError
 from mtlda.models.decoder import HeadSpec
 from mtlda.models.memory_format import to_channels_last
 from mtlda.models.network import MultiTaskNet, build_network
 from mtlda.references import ReferenceBook, ReferenceKey
-from mtlda.scenarios.checkpoint import seed_everything
+from mtlda.scenarios.checkpoint import isolated_rng, seed_everything
 from mtlda.scenarios.engine import Engine, OptimizerSpec, Scenario, unwrap
-from mtlda.scenarios.evaluation import evaluate, flatten_metrics, prediction_panel
+from mtlda.scenarios.evaluation import evaluate, flatten_metrics
+from mtlda.scenarios.panels import prediction_panel
 from mtlda.schema import DataConfig, ExperimentConfig
 from mtlda.tasks import Task, build_tasks, task_weights
 from mtlda.weighting import Weighting, build_weighting, rank_mean_losses, weighted_backward
 
 PANEL_IMAGES = 4
+PANEL_SEED = 0
 
 
 def input_size(data: DataConfig, train: bool) -> tuple[int, int]:
@@ -79,7 +87,7 @@ class DenseScenario(Scenario):
         self.references = ReferenceBook(cfg, self.reference_key(), self.tasks)
         self.last_results: dict[str, dict[str, float]] = {}
         self.last_details: dict[str, dict[str, Any]] = {}
-        self._panel_batch: Batch | None = None
+        self._panel_batches: dict[str, Batch] = {}
 
     # ------------------------------------------------------------------------------ what scenarios state
     def check_config(self, train: bool) -> None:
@@ -169,8 +177,7 @@ class DenseScenario(Scenario):
 
     def wrap_for_distributed(self, engine: Engine) -> None:
         if self.uses_ddp:
-            ids = [engine.device.index] if engine.device.type == "cuda" else None
-            self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            self.model = nn.parallel.DistributedDataParallel(self.model, **ddp_options(engine.device))
 
     def synchronise_gradients(self, engine: Engine) -> None:
         if not engine.dist.enabled:
@@ -221,7 +228,7 @@ class DenseScenario(Scenario):
         dist = self.engine.dist
         return infinite_batches(
             dataset, local_batch_size(data.batch_size, dist.world_size), self.cfg.seed + seed_offset,
-            start_iteration, collate, workers=data.workers, rank=dist.rank, world=dist.world_size,
+            start_iteration, collate, workers=loader_workers(data.workers), rank=dist.rank, world=dist.world_size,
             pin_memory=self.engine.device.type == "cuda",
         )
 
@@ -260,7 +267,8 @@ class DenseScenario(Scenario):
         if dist.enabled:
             dataset = Subset(dataset, range(dist.rank, len(dataset), dist.world_size))
         data = self.cfg.data
-        return DataLoader(dataset, batch_size=data.val_batch_size, shuffle=False, num_workers=data.workers,
+        return DataLoader(dataset, batch_size=data.val_batch_size, shuffle=False,
+                          num_workers=loader_workers(data.workers),
                           collate_fn=collate, generator=torch.Generator())
 
     def evaluate_tasks(self, engine: Engine) -> dict[str, dict[str, float]]:
@@ -278,12 +286,16 @@ class DenseScenario(Scenario):
             flat["delta"], flat["delta_se"] = delta
         return flat
 
-    def panel_batch(self) -> Batch:
-        assert self.val_split is not None, "built with with_data=False"
-        if self._panel_batch is None:
-            count = min(PANEL_IMAGES, len(self.val_split))
-            self._panel_batch = collate([self.val_split[i] for i in range(count)])
-        return self._panel_batch
+    def panel_batch(self, key: str = "val", dataset: Callable[[], Dataset] | None = None) -> Batch:
+        """The first PANEL_IMAGES samples of ``dataset()`` (default: the validation split) as one batch, read once
+        under ``key`` with a fixed seed (augmented splits give the same pictures every time)."""
+        if key not in self._panel_batches:
+            dataset = self.val_split if dataset is None else dataset()
+            assert dataset is not None, "built with with_data=False"
+            with isolated_rng():
+                torch.manual_seed(PANEL_SEED)
+                self._panel_batches[key] = collate([dataset[i] for i in range(min(PANEL_IMAGES, len(dataset)))])
+        return self._panel_batches[key]
 
     def image_panels(self, engine: Engine) -> dict[str, Tensor]:
         panel = prediction_panel(self.inference_model(), self.tasks, self.panel_batch(), engine.device,

@@ -7,13 +7,15 @@ pass. The engine owns everything else, so no scenario writes its own loop.
 Guarantees: a run is a function of its config and seed; ``--resume`` from any checkpoint (validation iterations
 included) continues exactly the uninterrupted run (validation and image panels never draw from the training RNG
 streams); Ctrl-C / SIGTERM finish the current step, save ``last.pt`` and stop; checkpoints are written atomically
-and loaded as data only.
+and loaded as data only. Image panels (``train.image_every``) go to TensorBoard and, the latest of each, to
+``<workdir>/panels/*.png``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ from tqdm import tqdm
 from mtlda.config import save_config, to_dict
 from mtlda.distributed import DistInfo, PeerFailure, all_reduce_mean, barrier, gather_objects, is_peer_failure
 from mtlda.errors import UserInputError
+from mtlda.panel_layout import write_picture
 from mtlda.runlog import RunLogger, format_postfix
 from mtlda.scenarios.checkpoint import (
     CheckpointError,
@@ -37,12 +40,15 @@ from mtlda.scenarios.checkpoint import (
     save_checkpoint,
     seed_everything,
     set_rng_state,
+    state_mismatch,
 )
 from mtlda.scenarios.contract import OptimizerSpec, Scenario, StepOutput, TrainingError
 from mtlda.scenarios.interrupts import Interrupted, StopRequest
 from mtlda.scenarios.optim import build_optimizer, build_scheduler, lr_factor
 from mtlda.scenarios.resume_check import check_resume_config
 from mtlda.schema import ExperimentConfig
+
+PANELS_DIR = "panels"  # the latest image panels as PNG files, <name with / as _>.png
 
 
 def _describe_checkpoint(path: Path, iteration: int | None) -> str:
@@ -172,15 +178,17 @@ class Engine:
             try:
                 unwrap(modules[name]).load_state_dict(ckpt["modules"][name])
             except RuntimeError as err:
-                first = str(err).splitlines()[0]
                 raise CheckpointError(
-                    f"the checkpoint's {name!r} weights do not fit this model ({first}); "
+                    f"the checkpoint's {name!r} weights do not fit this model ({state_mismatch(err)}); "
                     "use the experiment file and --set options the checkpoint was trained with"
                 ) from None
 
     def resume(self, path: Path, allow_changed: Sequence[str] = ()) -> dict[str, tuple[Any, Any]]:
         """Continue the run of ``path``; returns the config changes that were allowed."""
         ckpt = load_checkpoint(path, self.device)
+        if not all(key in ckpt for key in ("optimizers", "schedulers", "scaler", "rng", "iteration")):
+            raise CheckpointError(f"{path}: this is a weights-only file: it cannot resume training; start a new run "
+                                  "(or use it with --evaluate / mtlda predict)")
         changes = check_resume_config(ckpt.get("config", {}), self.cfg, allow_changed)
         self.load_modules(ckpt)
         for key, opt in self.optimizers.items():
@@ -213,6 +221,7 @@ class Engine:
         if self.writer is not None:
             for name, image in panels.items():
                 self.writer.add_image(name, image.clamp(0, 1), self.iteration)
+                write_picture(self.workdir / PANELS_DIR / f"{name.replace('/', '_')}.png", image)
 
     def _log_training(self, out: StepOutput, seconds: float, bar: tqdm) -> None:
         """Global (rank-averaged) loss terms and learning rates; one host transfer."""
@@ -334,9 +343,10 @@ class Engine:
                                   ) from None
             except Exception as err:
                 if is_peer_failure(err):
+                    detail = re.sub(r"^\[[^\]]*\]\s*", "", str(err).splitlines()[0])[:160]  # gloo's [file:line] dropped
                     raise PeerFailure(
                         f"a peer process of this torchrun run failed during iteration {self.iteration + 1} "
-                        f"({str(err).splitlines()[0][:120]}); {_describe_checkpoint(last, self.saved.get('last.pt'))}"
+                        f"({detail}); {_describe_checkpoint(last, self.saved.get('last.pt'))}"
                         ": restart every process with --resume") from None
                 raise
             finally:

@@ -1,4 +1,4 @@
-"""Pieces every dense scenario shares: supervised task losses (Eq. 6), streaming evaluation and image panels."""
+"""Pieces every dense scenario shares: supervised task losses (Eq. 6) and streaming evaluation."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from mtlda.data.batch import Batch
 from mtlda.losses.supervised import multiscale_objective
 from mtlda.resize import resize_to
 from mtlda.tasks import Task
-from mtlda.visualise import labelled_panel
 
 
 def task_losses(preds: Mapping[tuple[str, int], Tensor], tasks: Mapping[str, Task],
@@ -47,34 +46,3 @@ def evaluate(model: nn.Module, tasks: Mapping[str, Task], loader: DataLoader, de
 def flatten_metrics(results: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
     return {f"{task}/{key}": value for task, values in results.items() for key, value in values.items()
             if isinstance(value, (int, float))}
-
-
-def panel_columns(preds: Mapping[tuple[str, int], Tensor], tasks: Mapping[str, Task],
-                  batch: Batch) -> tuple[list[Tensor], list[str]]:
-    """Per task its prediction and target images (B, 3, H, W) with column titles."""
-    columns, titles = [], []
-    size = tuple(batch.image.shape[-2:])
-    for name, task in tasks.items():
-        pred, target = task.visualise_pair(task.decode(resize_to(preds[(name, 0)].float(), size)), batch)
-        columns += [pred, target]
-        titles += [f"{name} pred", f"{name} target"]
-    return columns, titles
-
-
-def class_legend_of(tasks: Mapping[str, Task]):
-    """The first task legend (e.g. the segmentation classes) for the panels, or None."""
-    return next((legend for legend in (t.legend() for t in tasks.values()) if legend is not None), None)
-
-
-@torch.no_grad()
-def prediction_panel(model: nn.Module, tasks: Mapping[str, Task], batch: Batch, device: torch.device,
-                     autocast) -> Tensor:
-    """A (3, H', W') panel: per image a row with the input, then per task its prediction and its target, titled
-    columns and the class legend."""
-    model.eval()
-    batch = batch.to(device)
-    with autocast():
-        preds = model(batch.image)
-    columns, titles = panel_columns(preds, tasks, batch)
-    return labelled_panel([c.float().cpu() for c in [batch.image, *columns]], ["input", *titles],
-                          legend=class_legend_of(tasks))

@@ -12,6 +12,9 @@ Two stages, chosen by ``sde.stage``:
   heads whose shape differs keep their fresh initialisation. Supervised tasks use their losses (Eq. 6 over their
   scales), depth is self-supervised, all with uniform task weights (paper appendix B.2.2). Parameter groups:
   backbone, decoders, exchange, pose (``optim.lr.<group>``).
+* ``multitask`` with ``sde.disp_scales: []``: the supervised tasks alone (the segmentation-only row of the paper's
+  Table 5), initialised from the same pretrain checkpoint (encoder and every decoder body), without the disparity
+  head, the pose net and the photometric loss; neighbour frames are not needed (``data.frames: []``).
 
 Validation: every task's metric, depth from the scale-0 disparity (``disp_to_depth`` with ``sde.min_depth`` /
 ``sde.max_depth``) against the ground-truth depth under ``tasks.depth_protocol``, which must use per-image median
@@ -36,6 +39,7 @@ from mtlda.scenarios.checkpoint import CheckpointError, load_checkpoint
 from mtlda.scenarios.dense import DenseScenario
 from mtlda.scenarios.engine import Engine, OptimizerSpec, StepOutput, unwrap
 from mtlda.scenarios.evaluation import task_losses
+from mtlda.scenarios.panels import photometric_panel
 from mtlda.scenarios.registry import register_scenario
 from mtlda.schema import ExperimentConfig
 from mtlda.tasks import DisparityTask, Task, build_tasks, check_codes
@@ -52,15 +56,16 @@ def check_sde_config(cfg: ExperimentConfig, train: bool) -> None:
     if cfg.model.architecture != "3ways":
         raise UserInputError(f"the sde scenario uses the 3-ways decoders: set model.architecture=3ways "
                              f"(got {cfg.model.architecture!r})")
-    if 0 not in sde.disp_scales:
-        raise UserInputError(f"sde.disp_scales {sde.disp_scales} must include 0: depth is evaluated at full resolution")
+    if (sde.disp_scales or sde.stage == "pretrain") and 0 not in sde.disp_scales:
+        raise UserInputError(f"sde.disp_scales {sde.disp_scales} must include 0: depth is evaluated at full resolution "
+                             "(an empty list trains the multi-task stage's supervised tasks alone)")
     if sde.stage == "multitask":
         if 0 not in sde.supervised_scales:
             raise UserInputError(f"sde.supervised_scales {sde.supervised_scales} must include 0 (the final outputs)")
         if "depth" in check_codes(list(cfg.tasks.names)):
             raise UserInputError(f"the sde multi-task stage learns depth without labels: leave D out of tasks.names "
                                  f"(got {cfg.tasks.names})")
-    if train and not cfg.data.frames:
+    if train and sde.disp_scales and not cfg.data.frames:
         raise UserInputError("the sde scenario learns depth from neighbouring frames: set data.frames=[-1, 1]")
 
 
@@ -98,9 +103,10 @@ def _load_part(module: nn.Module, state: Mapping[str, Tensor], what: str, path: 
         ) from None
 
 
-def load_pretrained_depth(model: MultiTaskNet, pose_net: PoseNet, path: str | Path,
+def load_pretrained_depth(model: MultiTaskNet, pose_net: PoseNet | None, path: str | Path,
                           device: torch.device | str = "cpu") -> list[str]:
-    """Initialise ``model`` and ``pose_net`` from an SDE pretrain checkpoint, as in the paper.
+    """Initialise ``model`` and ``pose_net`` (None: a model without self-supervised depth) from an SDE pretrain
+    checkpoint, as in the paper.
 
     The encoder and the pose net are copied; every task decoder's body (``blocks``) is copied from the depth
     decoder; of the depth decoder's heads, entries whose name and shape match a task's head are copied too (the
@@ -126,7 +132,8 @@ def load_pretrained_depth(model: MultiTaskNet, pose_net: PoseNet, path: str | Pa
     if not depth_decoder:
         raise CheckpointError(f"sde.init_from: {path} has no depth decoder (decoders.{DISP}.*)")
     _load_part(model.encoder, _sub_state(state, "encoder."), "encoder", path)
-    _load_part(pose_net, ckpt["modules"]["pose"], "pose net", path)
+    if pose_net is not None:
+        _load_part(pose_net, ckpt["modules"]["pose"], "pose net", path)
     body = _sub_state(depth_decoder, "blocks.")
     pretrained_heads = _sub_state(depth_decoder, "sides.")
     copied = []
@@ -146,12 +153,18 @@ class SDEScenario(DenseScenario):
     def check_config(self, train: bool) -> None:
         check_sde_config(self.cfg, train)
 
+    @property
+    def self_supervised(self) -> bool:
+        """Whether the run learns depth from neighbouring frames (false: the supervised tasks alone)."""
+        return bool(self.cfg.sde.disp_scales)
+
     def build_tasks(self) -> dict[str, Task]:
-        if self.training and not self.info.has_sequences:
+        if self.training and self.self_supervised and not self.info.has_sequences:
             raise UserInputError(f"{self.info.name} has no image sequences: the sde scenario needs frames -1, 0, +1 "
                                  "(cityscapes, or toycity with data.toycity.format=cityscapes)")
         tasks = build_tasks(self.cfg, self.info) if self.cfg.sde.stage == "multitask" else {}
-        tasks[DISP] = DisparityTask.from_config(self.cfg, self.info)
+        if self.self_supervised:
+            tasks[DISP] = DisparityTask.from_config(self.cfg, self.info)
         return dict(sorted(tasks.items()))
 
     def task_weights(self) -> dict[str, float]:
@@ -160,37 +173,54 @@ class SDEScenario(DenseScenario):
     def heads(self) -> dict[str, HeadSpec]:
         supervised = tuple(sorted(self.cfg.sde.supervised_scales))
         heads = {name: HeadSpec(task.out_channels, supervised) for name, task in self.tasks.items() if name != DISP}
-        heads[DISP] = HeadSpec(1, tuple(sorted(self.cfg.sde.disp_scales)), apply_sigmoid=True)
+        if self.self_supervised:
+            heads[DISP] = HeadSpec(1, tuple(sorted(self.cfg.sde.disp_scales)), apply_sigmoid=True)
         return heads
 
     def build_extra_modules(self, train: bool) -> dict[str, nn.Module]:
-        pose_net = build_pose_net(self.cfg).to(self.engine.device)
         sde = self.cfg.sde
-        self.photometric = PhotometricLoss(sde.min_depth, sde.max_depth, sde.smoothness)
+        pose_net = None
+        if self.self_supervised:
+            pose_net = build_pose_net(self.cfg).to(self.engine.device)
+            self.photometric = PhotometricLoss(sde.min_depth, sde.max_depth, sde.smoothness)
         if train and sde.stage == "multitask":
             load_pretrained_depth(unwrap(self.model), pose_net, sde.init_from, self.engine.device)
-        return {"pose": pose_net}
+        return {"pose": pose_net} if pose_net is not None else {}
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
         groups = self.model_param_groups()
-        groups["pose"] = list(self.extra["pose"].parameters())
+        if "pose" in self.extra:
+            groups["pose"] = list(self.extra["pose"].parameters())
         return {"model": OptimizerSpec(groups, self.optim_settings())}
 
     def extra_task_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.extra["pose"].parameters() if p.requires_grad]
+        return [p for module in self.extra.values() for p in module.parameters() if p.requires_grad]
 
     def train_step(self, batch: Batch, engine: Engine) -> StepOutput:
         batch = batch.to(engine.device, non_blocking=True)
         self.model.train()
-        pose_net = self.extra["pose"]
-        pose_net.train()
         with engine.autocast():
             preds = self.model(batch.image)
-        poses = SequencePoses(pose_net)(batch.image, batch.frames)  # outside autocast: poses composed in float32
-        disparities = {s: preds[(DISP, s)] for s in sorted(self.cfg.sde.disp_scales)}
-        photometric, diagnostics = self.photometric(disparities, batch.image, batch.frames, poses, batch.K)
         supervised = {name: task for name, task in self.tasks.items() if name != DISP}
         losses, terms = task_losses(preds, supervised, batch) if supervised else ({}, {})
-        losses[DISP] = photometric
-        terms.update({f"{DISP}/{key}": value for key, value in diagnostics.items()})
+        if self.self_supervised:
+            pose_net = self.extra["pose"]
+            pose_net.train()
+            poses = SequencePoses(pose_net)(batch.image, batch.frames)  # outside autocast: poses composed in float32
+            disparities = {s: preds[(DISP, s)] for s in sorted(self.cfg.sde.disp_scales)}
+            losses[DISP], diagnostics = self.photometric(disparities, batch.image, batch.frames, poses, batch.K)
+            terms.update({f"{DISP}/{key}": value for key, value in diagnostics.items()})
         return StepOutput(terms, self.backward_tasks(losses, terms, engine))
+
+    def image_panels(self, engine: Engine) -> dict[str, Tensor]:
+        """The validation predictions, and (self-supervised runs) the photometric loss on training frames: the
+        warped neighbours, the reprojection error and the auto-mask."""
+        panels = super().image_panels(engine)
+        if self.self_supervised and self.train_split is not None:
+            batch = self.panel_batch("sequence", lambda: self.train_split).to(engine.device)
+            model, pose_net = self.inference_model().eval(), self.extra["pose"].eval()
+            with torch.no_grad(), engine.autocast():
+                disparity = model(batch.image)[(DISP, 0)]
+            panels["train/photometric"] = photometric_panel(disparity, SequencePoses(pose_net), self.photometric,
+                                                            batch)
+        return panels

@@ -24,6 +24,7 @@ from mtlda.resize import resize_to
 from mtlda.scenarios.dense import DenseScenario
 from mtlda.scenarios.engine import Engine, OptimizerSpec, StepOutput
 from mtlda.scenarios.evaluation import task_losses
+from mtlda.scenarios.panels import adaptation_panel
 from mtlda.scenarios.registry import register_scenario
 
 SOURCE_SEED_OFFSET = 0
@@ -39,23 +40,22 @@ class UDAScenario(DenseScenario):
         missing = [s for s in cfg.uda.adv_scales if s not in cfg.model.scales]
         if missing:
             raise UserInputError(f"uda.adv_scales {missing} are not network outputs (model.scales {cfg.model.scales})")
-        if dataset_info(cfg.uda.source).name == dataset_info(cfg.data).name:
+        source, target = dataset_info(cfg.uda.source), dataset_info(cfg.data)
+        if source.name == target.name:
             raise UserInputError(
                 f"uda: the source (uda.source) and the target (data) are the same data set "
-                f"({dataset_info(cfg.data).name}): adapt between two domains, e.g. toycity styles flat -> textured, "
+                f"({target.name}): adapt between two domains, e.g. toycity styles flat -> textured, "
                 "or --src synthia --tgt cityscapes"
+            )
+        if train and source.num_classes != target.num_classes:
+            raise UserInputError(
+                f"source and target class sets differ ({source.num_classes} vs {target.num_classes} classes): "
+                "set uda.source.classes and data.classes to one shared set"
             )
 
     def build_extra_modules(self, train: bool) -> dict[str, nn.Module]:
         cfg = self.cfg
         self.source_split = self.build_split(cfg.uda.source, cfg.uda.source.train_split, True) if train else None
-        if train:
-            source_classes = dataset_info(cfg.uda.source).num_classes
-            if source_classes != self.info.num_classes:
-                raise UserInputError(
-                    f"source and target class sets differ ({source_classes} vs {self.info.num_classes} classes): "
-                    "set uda.source.classes and data.classes to one shared set"
-                )
         self.adv_keys = [(t, s) for t in sorted(self.tasks) for s in sorted(cfg.uda.adv_scales)]
         channels = {name: task.out_channels for name, task in self.tasks.items()}
         discriminators = build_discriminators(channels, cfg.uda.adv_scales, cfg.uda.spectral_norm,
@@ -107,3 +107,16 @@ class UDAScenario(DenseScenario):
         terms.update({f"disc/{t}_s{s}": v for (t, s), v in disc_terms.items()})
         terms["adv/weighted"] = adv.detach()
         return StepOutput(terms, total)
+
+    def image_panels(self, engine: Engine) -> dict[str, Tensor]:
+        """The validation predictions, and (adapted runs) the source and target domains side by side with the
+        maps their discriminators read at the finest adversarial scale."""
+        panels = super().image_panels(engine)
+        if self.cfg.uda.enabled and self.source_split is not None:
+            source = self.cfg.uda.source
+            plain = self.panel_batch("source", lambda: self.build_split(source, source.train_split, train=False))
+            domains = [(f"source: {dataset_info(source).name} ({source.train_split}, labelled)", plain),
+                       (f"target: {self.info.name} ({self.cfg.data.val_split})", self.panel_batch())]
+            panels["train/adaptation"] = adaptation_panel(self.inference_model(), self.tasks, domains, engine.device,
+                                                          engine.autocast, min(self.cfg.uda.adv_scales))
+        return panels

@@ -19,6 +19,7 @@ from mtlda.data.targets import SCALAR_MAP, TargetKind
 from mtlda.errors import UserInputError
 from mtlda.metrics import StreamingMetric
 from mtlda.resize import resize_to
+from mtlda.visualise import grey_to_rgb
 
 
 class Task(ABC):
@@ -124,6 +125,14 @@ class Task(ABC):
     def discriminator_input(self, pred_raw: Tensor, context: Any) -> Tensor:
         """The map this task's patch discriminator reads, from a raw head output (B, C, H, W)."""
         raise UserInputError(f"task {self.name!r} defines no discriminator input: it cannot be adapted (uda)")
+
+    def visualise_discriminator_input(self, values: Tensor) -> Tensor:
+        """(B, 3, H, W) picture of a :meth:`discriminator_input` map: a one-channel map in [0, 1] grey (clipped);
+        tasks with other maps override this."""
+        if values.shape[1] != 1:
+            raise NotImplementedError(f"task {self.name!r}: override visualise_discriminator_input for its "
+                                      f"{values.shape[1]}-channel discriminator input")
+        return grey_to_rgb(values.clamp(0, 1))
 
     # ----------------------------------------------------------------------------------- trivial priors
     def prior_terms(self, batch: Batch) -> tuple[Tensor, Tensor]:

@@ -63,6 +63,9 @@ class NormalsTask(Task):
         """The L2-normalised prediction (B, 3, H, W)."""
         return unit_vectors(pred_raw)
 
+    def visualise_discriminator_input(self, values: Tensor) -> Tensor:
+        return normals_to_rgb(values)
+
     def prior_prediction(self, mean: Tensor) -> Tensor:
         """The mean direction, normalised."""
         return unit_vectors(mean)

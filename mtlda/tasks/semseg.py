@@ -17,7 +17,7 @@ from mtlda.metrics import SegmentationMetric
 from mtlda.resize import resize_to
 from mtlda.tasks.base import Task
 from mtlda.tasks.registry import register_task
-from mtlda.visualise import colourise_labels
+from mtlda.visualise import colourise_entropy, colourise_labels
 
 
 @register_task
@@ -83,6 +83,10 @@ class SemsegTask(Task):
     def discriminator_input(self, pred_raw: Tensor, context: Any) -> Tensor:
         """ADVENT's weighted self-information map (B, C, H, W) of the softmax (paper Eq. 10)."""
         return entropy_map(pred_raw)
+
+    def visualise_discriminator_input(self, values: Tensor) -> Tensor:
+        """The normalised entropy (the per-class terms summed), viridis."""
+        return colourise_entropy(values)
 
     def prior_terms(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """One-hot class counts (B, C, H, W) over labelled pixels."""
