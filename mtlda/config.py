@@ -70,7 +70,10 @@ def read_yaml(path: Path) -> dict:
     try:
         data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML: {what}{where}; fix the file's syntax") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -101,7 +104,8 @@ def load_yaml_with_bases(path: Path, sources: dict[str, str], _chain: tuple[Path
     """The merged mapping of ``path`` and its ``_base_`` files; ``sources`` maps key paths to their file."""
     path = path.resolve()
     if path in _chain:
-        raise ConfigError(f"{path}: _base_ cycle: {' -> '.join(str(p) for p in (*_chain, path))}")
+        raise ConfigError(f"{path}: _base_ cycle: {' -> '.join(str(p) for p in (*_chain, path))}; remove one of "
+                          "these _base_ entries")
     data = read_yaml(path)
     bases = data.pop("_base_", [])
     if isinstance(bases, str):
@@ -231,7 +235,8 @@ def _convert(value: Any, tp: Any, path: str, sources: dict[str, str]) -> Any:
 def _check_range(value: Any, spec: dataclasses.Field, path: str, sources: dict[str, str]) -> None:
     minimum = spec.metadata.get("min")
     if minimum is not None and isinstance(value, (int, float)) and value < minimum:
-        raise ConfigError(f"{sources.get(path, '--set/defaults')}: {path}: {value!r} is below the minimum {minimum:g}")
+        raise ConfigError(f"{sources.get(path, '--set/defaults')}: {path}: {value!r} is below the minimum {minimum:g}; "
+                          f"use {minimum:g} or more")
 
 
 def _build(cls: type, data: dict, prefix: str, sources: dict[str, str]) -> Any:

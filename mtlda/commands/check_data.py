@@ -25,6 +25,7 @@ from typing import Any
 from mtlda.data.catalog import dataset_class, dataset_names, describe_datasets
 from mtlda.data.checks import SPOT_CHECK_SAMPLES, CheckSettings, Report
 from mtlda.data.errors import DatasetError
+from mtlda.errors import UserInputError
 
 
 def check_data(dataset: str, root: Path, settings: CheckSettings = CheckSettings(), root_source: str = "--root",
@@ -57,8 +58,8 @@ def _given_options(args: argparse.Namespace, accepted: dict[str, set[str]]) -> d
     options = {key: getattr(args, key) for key in accepted if getattr(args, key) is not None}
     for key in options:
         if args.dataset not in accepted[key]:
-            raise ValueError(f"--{key.replace('_', '-')} applies to {', '.join(sorted(accepted[key]))} only; "
-                             f"drop it for {args.dataset}")
+            raise UserInputError(f"--{key.replace('_', '-')} applies to {', '.join(sorted(accepted[key]))} only; "
+                                 f"drop it for {args.dataset}")
     return options
 
 
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     accepted = _loader_options(parser)
     args = parser.parse_args(argv)
     if args.samples < 1:
-        raise ValueError(f"--samples must be at least 1, got {args.samples}")
+        raise UserInputError(f"--samples must be at least 1, got {args.samples}")
     loader = dataset_class(args.dataset)
     if args.root is not None:
         root, source = args.root.expanduser(), "--root"
@@ -97,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"decoded {report.decoded} of {report.checked} checked samples ({scope})")
     if problems:
         return 2
-    print(f"{args.dataset} at {root}: ok")
+    if report.checked < report.samples:
+        print(f"{args.dataset} at {root}: no problem in the {report.checked} of {report.samples} samples checked; "
+              "--full decodes every file")
+    else:
+        print(f"{args.dataset} at {root}: ok")
     return 0
 

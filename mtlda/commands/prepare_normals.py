@@ -72,7 +72,7 @@ def _write(path: Path, normals: np.ndarray, valid: np.ndarray, root: Path, out: 
         if out is not None or getattr(cause, "errno", None) not in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise
         raise WriteError(f"cannot write the normals into the data set {root} ({cause.strerror}): pass --out DIR to "
-                         "write them elsewhere (and train with that folder as normals_root)") from None
+                         "write them elsewhere (and train with --set data.normals_root=DIR)") from None
 
 
 def prepare_normals(dataset: str, root: Path, device: str = "auto", batch_size: int = 8, workers: int = 0,

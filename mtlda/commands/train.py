@@ -50,7 +50,7 @@ def config_of(args: argparse.Namespace) -> ExperimentConfig:
         return checkpoint_config(args.evaluate, args.overrides)
     config = args.config
     if config is None:
-        codes = parse_task_codes(args.tasks or "S,D,N")
+        codes = parse_task_codes("S,D,N" if args.tasks is None else args.tasks)
         config = experiment_file("supervised", args.dataset or "toycity", experiment_stem(codes, args.block or "mteb"))
     return resolve_config(args, config)
 

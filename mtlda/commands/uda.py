@@ -63,7 +63,7 @@ def config_of(args: argparse.Namespace) -> ExperimentConfig:
         if (src, tgt) not in UDA_PAIRS:
             raise UserInputError(f"no experiments for {src} -> {tgt}; pairs: "
                                  + ", ".join(f"{s} -> {t}" for s, t in UDA_PAIRS))
-        stem = experiment_stem(parse_task_codes(args.tasks or "S,D"), args.block or "mteb",
+        stem = experiment_stem(parse_task_codes("S,D" if args.tasks is None else args.tasks), args.block or "mteb",
                                "_source-only" if args.no_adapt else "")
         config = experiment_file("uda", UDA_PAIRS[(src, tgt)], stem)
     return resolve_config(args, config)

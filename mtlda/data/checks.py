@@ -52,6 +52,7 @@ class Report:
         self.problems: list[str] = []
         self.decoded = 0  # samples whose files all decoded
         self.checked = 0  # samples tried
+        self.samples = 0  # samples in the checked splits
 
     def note(self, message: str) -> None:
         self._note(message)
@@ -134,6 +135,7 @@ def decode_split(report: Report, dataset: DenseDataset, settings: CheckSettings,
     _list(report.note, [f"note: {r}" for r in remarks], f"note: {dataset.name} {dataset.split}: samples noted")
     report.decoded += decoded
     report.checked += len(indices)
+    report.samples += len(dataset)
     how = "every sample" if settings.full else "spot check; --full decodes every sample"
     depth = (f"; depth {depth_range[0]:.2f}..{depth_range[1]:.2f} m, {np.mean(valid_fraction) * 100:.0f} % valid"
              if valid_fraction else "")

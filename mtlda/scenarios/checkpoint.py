@@ -106,25 +106,42 @@ def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> None:
         torch.save(payload, handle)
 
 
+def _reason(err: BaseException) -> str:
+    """The first sentence of what went wrong in ``torch.load`` (the weights-only unpickler's own error)."""
+    cause = err.__context__ if isinstance(err, pickle.UnpicklingError) and err.__context__ else err
+    text = str(cause).strip()
+    return text.splitlines()[0].split(". ")[0][:160] if text else type(err).__name__
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """A checkpoint written by :func:`save_checkpoint` (or any weights-only file with a ``modules`` entry)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint not found: {path} (pass the last.pt or best.pt of a run, or a weights file "
+                              "written by mtlda export-weights)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"refusing to load {path}: it contains Python objects other than tensors, numbers, strings and "
-            f"containers ({first[:160]}); loading it could run code. mtlda checkpoints never do: re-save a "
-            "trusted file's tensors with torch.save(state_dict) or retrain"
-        ) from None
     except Exception as err:  # torch raises many types for truncated or foreign files
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from None
+        if isinstance(err, pickle.UnpicklingError) and "GLOBAL" in str(err):
+            raise CheckpointError(
+                f"refusing to load {path}: it contains Python objects other than tensors, numbers, strings and "
+                f"containers ({_reason(err)}); loading it could run code. mtlda checkpoints never do: re-save a "
+                "trusted file's tensors with torch.save(state_dict) or retrain"
+            ) from None
+        raise CheckpointError(f"cannot read checkpoint {path} ({_reason(err)}): it is truncated or not a PyTorch "
+                              "file; use another checkpoint (best.pt, last.pt) or retrain") from None
     if not isinstance(ckpt, dict) or "modules" not in ckpt:
-        raise CheckpointError(f"{path} is not an mtlda checkpoint (no 'modules' entry)")
+        raise CheckpointError(f"{path} is not an mtlda checkpoint (no 'modules' entry): pass a checkpoint written by "
+                              "mtlda (last.pt, best.pt, mtlda export-weights) or convert published weights with "
+                              "mtlda import-weights")
     return ckpt
+
+
+def state_mismatch(err: RuntimeError) -> str:
+    """What ``load_state_dict`` found wrong (its first missing, unexpected or mis-shaped keys), in one short line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+    detail = lines[1] if len(lines) > 1 else lines[0]
+    return detail if len(detail) <= 160 else detail[:157] + "..."
 
 
 def weights_only(ckpt: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,9 @@ from mtlda.config import load_config, to_dict
 from mtlda.references import RUN_ONLY_KEYS
 from mtlda.scenarios.checkpoint import CheckpointError
 
+# Keys a resumed run may change freely: the run-only keys but the seed, which orders the data of every iteration.
+RESUME_FREE_KEYS = tuple(key for key in RUN_ONLY_KEYS if key != "seed")
+
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -21,17 +24,17 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _is_run_only(key: str) -> bool:
-    return any(key == k or key.startswith(k + ".") for k in RUN_ONLY_KEYS)
+def _resume_free(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in RESUME_FREE_KEYS)
 
 
 def config_changes(stored: Mapping[str, Any], cfg: Any) -> dict[str, tuple[Any, Any]]:
     """key -> (checkpoint value, new value) for every experiment setting that differs (run-only keys such as the
-    work folder, device, threads and loader workers excluded)."""
+    work folder, device, threads and loader workers excluded; the seed included)."""
     before = _flatten(to_dict(load_config(None, (), stored=stored)))
     after = _flatten(to_dict(cfg))
     return {key: (before.get(key), after.get(key)) for key in sorted(set(before) | set(after))
-            if before.get(key) != after.get(key) and not _is_run_only(key)}
+            if before.get(key) != after.get(key) and not _resume_free(key)}
 
 
 def check_resume_config(stored: Mapping[str, Any], cfg: Any, allowed: Sequence[str]) -> dict[str, tuple[Any, Any]]:
