@@ -360,15 +360,17 @@ def test_import_writes_a_weights_only_checkpoint_that_loads_strictly(tmp_path: P
 
 
 @pytest.mark.slow
-def test_calibration_scores_every_fusion_order_on_validation_images_and_imports_the_best(tmp_path: Path,
-                                                                                         official) -> None:
+def test_calibration_scores_every_fusion_order_on_validation_images_and_imports_the_best(tmp_path: Path, official,
+                                                                                         monkeypatch, capsys) -> None:
     root = tmp_path / "cityscapes"
     export_toycity(root, "cityscapes", height=64, width=128, num_train=1, num_val=2, seed=0)
     source = tmp_path / "cs_densemtl_SDN.pkl"
     torch.save(official["SDN"], source)
-    small = [f"data.root={root}", "data.height=64", "data.width=128"]
-    provenance = import_weights(source, "densemtl", EXPERIMENTS["SDN"], tmp_path / "cs_sdn.pt", overrides=small,
-                                calibrate=3)
+    small = ["--set", "data.height=64", "--set", "data.width=128"]
+    code, _, err = _script(str(source), "--config", str(EXPERIMENTS["SDN"]), "--out", str(tmp_path / "cs_sdn.pt"),
+                           "--calibrate-on", str(root), "--images", "3", *small, monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 0, err
+    provenance = load_checkpoint(tmp_path / "cs_sdn.pt")["source"]
     calibration = provenance["fusion_order_calibration"]
     scores = calibration["scores"]
     assert sorted(scores) == sorted(fusion_orders(TASKS["SDN"])) and len(set(scores.values())) > 1
@@ -378,9 +380,9 @@ def test_calibration_scores_every_fusion_order_on_validation_images_and_imports_
     stored = load_checkpoint(tmp_path / "cs_sdn.pt")["modules"]["model"]
     for key in ("exchange.1.fuse.semseg.0.weight", "exchange.1.fuse.normals.0.weight"):
         torch.testing.assert_close(stored[key], expected[key])
-    with pytest.raises(WeightImportError, match="either --fusion-order or --calibrate"):
+    with pytest.raises(WeightImportError, match="either --fusion-order or --calibrate-on"):
         import_weights(source, "densemtl", EXPERIMENTS["SDN"], tmp_path / "x.pt", fusion_order=provenance[
-            "fusion_order"], overrides=small, calibrate=1)
+            "fusion_order"], overrides=[f"data.root={root}"], calibrate=1)
     assert not (tmp_path / "x.pt").exists()
 
 

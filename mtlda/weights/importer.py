@@ -70,7 +70,7 @@ def calibrate_fusion_order(cfg: ExperimentConfig, state: dict, tasks: Sequence[s
     """(best fusion order, order -> score) of the official ``state`` on ``images`` validation images; see
     :func:`~mtlda.weights.calibration.fusion_order_scores` for the score."""
     if images < 1:
-        raise WeightImportError(f"--calibrate {images}: give a number of validation images of at least 1")
+        raise WeightImportError(f"--images {images}: calibrate on at least 1 validation image")
     originals, _ = densemtl.split_aliases(state, source)
     scenario = experiment_scenario(cfg)
     batches = calibration_batches(scenario, images)
@@ -86,7 +86,7 @@ def _convert_densemtl(path: Path, modules: dict[str, nn.Module], cfg: Experiment
     calibration = None
     if calibrate is not None:
         if fusion_order is not None:
-            raise WeightImportError("give either --fusion-order or --calibrate, not both")
+            raise WeightImportError("give either --fusion-order or --calibrate-on, not both")
         fusion_order, scores = calibrate_fusion_order(cfg, state, model.tasks, calibrate, str(path))
         calibration = {"split": cfg.data.val_split, "images": calibrate, "scores": scores}
     result = densemtl.convert_densemtl(state, model.tasks, fusion_order, side_order, model.state_dict(), str(path))
@@ -141,7 +141,7 @@ def import_weights(
         states, provenance = _convert_densemtl(path, modules, cfg, fusion_order, side_order, calibrate)
     else:
         if fusion_order is not None or side_order is not None or calibrate is not None:
-            raise WeightImportError("--fusion-order, --side-order and --calibrate apply to DenseMTL files only")
+            raise WeightImportError("--fusion-order, --side-order and --calibrate-on apply to DenseMTL files only")
         states, provenance = _convert_threeways(path, modules)
     for name, module in modules.items():
         module.load_state_dict(states[name], strict=True, assign=True)
