@@ -112,7 +112,7 @@ def test_uda_paper_experiments(pair, path):
         assert cfg.uda.enabled == (not stem.endswith("source-only"))
 
 
-@pytest.mark.parametrize("stem", ["pretrain", "sd_mteb", "sd_none", "sd_padnet"])
+@pytest.mark.parametrize("stem", ["pretrain", "sd_mteb", "sd_none", "sd_padnet", "s_stl"])
 def test_sde_paper_experiments(stem):
     cfg = load_config(EXPERIMENTS / "sde" / "cityscapes" / f"{stem}.yaml")
     assert cfg.model.input_norm == "monodepth" and cfg.model.backbone == "resnet101"
@@ -120,7 +120,8 @@ def test_sde_paper_experiments(stem):
     if stem != "pretrain":
         assert cfg.optim.lr == {"backbone": 1e-5, "decoders": 5e-5, "exchange": 5e-5, "pose": 1e-6}
         assert cfg.data.batch_size == 2 and cfg.sde.supervised_scales == [0, 2]
-        assert cfg.model.stages == {"sd_mteb": [1], "sd_padnet": [2], "sd_none": [1]}[stem]
+        assert cfg.model.stages == {"sd_mteb": [1], "sd_padnet": [2], "sd_none": [1], "s_stl": [1]}[stem]
+        assert (cfg.sde.disp_scales, cfg.data.frames) == (([], []) if stem == "s_stl" else ([0, 1, 2, 3], [-1, 1]))
 
 
 class Perfect(torch.nn.Module):
