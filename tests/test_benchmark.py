@@ -1,51 +1,156 @@
-"""scripts/benchmark.py: the xTAM cases run in-process at quick size and write a JSON report and a Markdown table."""
+"""mtlda benchmark: the real training step of every speed option, interleaved, into a JSON report (quick sizes), its
+random batches, its per-parameter optimiser baseline, and that the speed options leave training unchanged."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+from mtlda.commands import benchmark
+from mtlda.data.batch import Batch
+from mtlda.data.targets import target_kind
+from mtlda.errors import UserInputError
+from mtlda.scenarios.checkpoint import seed_everything
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+CPU = torch.device("cpu")
+TINY_MODEL = ("model.backbone=resnet18", "model.decoder_channels=[8,8,16,16,16]", "model.aspp_rates=[1,2,3]")
 
 
-@pytest.fixture(scope="module")
-def benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+@pytest.fixture()
+def cache(monkeypatch, tmp_path_factory) -> None:
+    """toycity data in a fresh cache folder."""
+    monkeypatch.setenv("MTLDA_CACHE", str(tmp_path_factory.mktemp("cache")))
 
 
-def test_quick_xtam_cases_write_a_report(benchmark, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    threads = torch.get_num_threads()
+@pytest.fixture()
+def tiny_subjects(monkeypatch) -> None:
+    """The paper subjects with a ResNet-18 and narrow decoders (the same code paths, a fraction of the time)."""
+    subjects = {name: benchmark.Subject(s.description, s.experiment, (*s.overrides, *TINY_MODEL), s.toycity)
+                for name, s in benchmark.SUBJECTS.items()}
+    monkeypatch.setattr(benchmark, "SUBJECTS", subjects)
+
+
+def test_quick_options_and_xtam_write_a_report(cache, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "bench.json"
-    try:
-        code = benchmark.main(
-            ["--quick", "--threads", "1", "--configs", "xtam_sdpa", "xtam_explicit", "--out", str(out)]
-        )
-    finally:
-        torch.set_num_threads(threads)
-    assert code == 0
+    args = ["--quick", "--sections", "options", "xtam", "--out", str(out),
+            *(arg for override in TINY_MODEL for arg in ("--set", override))]
+    assert benchmark.main(args) == 0
     report = json.loads(out.read_text())
-    assert report["machine"]["torch"] == torch.__version__ and report["machine"]["cpu_count"]
-    results = {r["name"]: r for r in report["results"]}
-    assert list(results) == ["xtam_sdpa", "xtam_explicit"]
-    for result in results.values():
-        assert result["status"] == "ok" and result["ms_per_iter"] > 0 and result["parameters"] == 369_920
-        assert result["shape"] == "2x128x32x64 (128 tokens)"
+    assert report["command"] == " ".join(["mtlda benchmark", *args])
+    assert report["machine"]["torch"] == torch.__version__ and report["load_before"] and report["load_after"]
+    options, xtam = report["comparisons"]
+    assert options["reference"] == "plain" and options["data"] == "toycity" and options["load_before"]
+    rows = {r["config"]: r for r in options["results"]}
+    assert list(rows) == ["plain", "default", "channels_last", "fused_optimizer", "checkpoint_all", "bf16"]
+    for name, row in rows.items():
+        assert row["status"] == "ok" and row["input"] == "2x3x32x64" and row["ms_per_step"] > 0
+        assert row["peak_mib"] > row["state_mib"] > 0 and row["parameters"] == rows["plain"]["parameters"]
+        assert ("ratio" in row) == (name != "plain")
+    assert [r["config"] for r in xtam["results"]] == ["xtam_sdpa", "xtam_explicit"]
+    assert xtam["sdpa_kernels"]["ops"]["fp32"] == ["aten::_scaled_dot_product_flash_attention_for_cpu"]
     table = capsys.readouterr().out
-    assert "| xtam_sdpa |" in table and "| xtam_explicit |" in table
+    assert "| plain | 2x3x32x64 |" in table and "| xtam_explicit |" in table and f"wrote {out}" in table
 
 
-def test_bad_arguments_exit_with_a_clear_message(benchmark, capsys: pytest.CaptureFixture) -> None:
+def test_scenarios_and_weightings_run_on_random_batches(tiny_subjects, tmp_path: Path) -> None:
+    probe = benchmark.MemoryProbe(CPU)
+    for name in ("uda", "sde"):
+        comparison = benchmark.Comparison("scenarios", name, benchmark.QUICK_SIZE, 2, ("default", "fp16"), 0, 1)
+        result = benchmark.run_comparison(comparison, CPU, probe, tmp_path / name)
+        assert result["data"].startswith("random") and result["load_after"]
+        assert [r["status"] for r in result["results"]] == ["ok", "skipped: needs CUDA"]
+    comparison = benchmark.Comparison("weighting", "paper_sd", benchmark.QUICK_SIZE, 2,
+                                      ("weighting_fixed", "weighting_pcgrad", "weighting_famo"), 0, 1)
+    rows = benchmark.run_comparison(comparison, CPU, probe, tmp_path / "weighting")["results"]
+    assert [r["status"] for r in rows] == ["ok"] * 3 and all(r["ratio"] > 0 for r in rows[1:])
+
+
+def test_random_split_follows_the_target_kinds() -> None:
+    split = benchmark.RandomSplit(["depth", "edges", "normals", "semseg"], 16, (8, 12), (-1, 1), count=3)
+    sample = split[2]
+    assert len(split) == 3 and sample.image.shape == (3, 8, 12) and set(sample.frames) == {-1, 1}
+    assert sample.targets["semseg"].dtype == torch.int64 and set(sample.masks) == {"depth", "edges", "normals"}
+    assert int(sample.targets["semseg"][sample.targets["semseg"] != 255].max()) < 16
+    torch.testing.assert_close(sample.targets["normals"].norm(dim=0), torch.ones(8, 12))
+    assert (sample.targets["normals"][2] < 0).float().mean() > 0.9  # mostly camera-facing
+    assert (sample.targets["depth"] >= 2).all() and set(sample.targets["edges"].unique().tolist()) <= {0.0, 1.0}
+    assert target_kind("depth") is not target_kind("edges")
+
+
+def _tiny_cases(names, tmp_path: Path):
+    comparison = benchmark.Comparison("options", "demo", benchmark.QUICK_SIZE, 4, tuple(names), 0, 1)
+    return [benchmark.build_case(comparison, benchmark.VARIANTS[name], CPU, tmp_path / name, TINY_MODEL)
+            for name in names]
+
+
+def test_per_parameter_baseline_keeps_the_groups_and_schedules(cache, tmp_path: Path) -> None:
+    plain, default = _tiny_cases(("plain", "default"), tmp_path)
+    loop, fused = plain.engine.optimizers["model"], default.engine.optimizers["model"]
+    assert loop.defaults["fused"] is False and loop.defaults["foreach"] is False and fused.defaults["fused"] is True
+    assert [(g["name"], g["lr"], len(g["params"])) for g in loop.param_groups] == \
+        [(g["name"], g["lr"], len(g["params"])) for g in fused.param_groups]
+    assert plain.engine.schedulers["model"].optimizer is loop
+    assert not plain.scenario.model.encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert default.scenario.model.encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def _losses(case: benchmark.Case, steps: int) -> list[float]:
+    """The engine's losses over ``steps`` steps from the RNG state a run starts with (dropout masks)."""
+    seed_everything(case.scenario.cfg.seed)
+    return [float(case.step().loss) for _ in range(steps)]
+
+
+def _in_float64(case: benchmark.Case) -> None:
+    case.scenario.model.double()  # keeps each parameter's memory format
+    as64 = lambda d: {k: v.double() if v.is_floating_point() else v for k, v in d.items()}  # noqa: E731
+    case.batches = (Batch(b.image.double(), b.K.double(), as64(b.targets), b.masks, as64(b.frames), b.ids)
+                    for b in case.batches)
+
+
+SPEED_OPTIONS = ("plain", "default", "channels_last", "fused_optimizer")
+
+
+def test_speed_options_train_like_the_plain_configuration(cache, tmp_path: Path) -> None:
+    """The engine's losses over real toycity steps of the demo model, with and without channels_last and the fused
+    optimiser, agree to 1e-5 (float32 rounding differs: channels_last sums in another order)."""
+    comparison = benchmark.Comparison("options", "demo", benchmark.QUICK_SIZE, 4, SPEED_OPTIONS, 0, 1)
+    cases = [benchmark.build_case(comparison, benchmark.VARIANTS[name], CPU, tmp_path / name)
+             for name in SPEED_OPTIONS]
+    losses = {case.variant: _losses(case, 3) for case in cases}
+    for name, values in losses.items():
+        torch.testing.assert_close(values, losses["plain"], rtol=1e-5, atol=0, msg=name)
+    assert losses["fused_optimizer"] == losses["plain"]
+
+
+def test_speed_options_compute_the_same_training_in_float64(cache, tmp_path: Path) -> None:
+    """In float64 (rounding out of the way) three steps of every speed option give the plain losses to 1e-10."""
+    cases = _tiny_cases(SPEED_OPTIONS, tmp_path)
+    for case in cases:
+        _in_float64(case)
+    losses = {case.variant: _losses(case, 3) for case in cases}
+    for name, values in losses.items():
+        torch.testing.assert_close(values, losses["plain"], rtol=1e-10, atol=0, msg=name)
+    reference = dict(cases[0].scenario.model.named_parameters())
+    for case in cases[1:]:
+        for key, value in case.scenario.model.named_parameters():
+            torch.testing.assert_close(value, reference[key], rtol=1e-8, atol=1e-10, msg=f"{case.variant}: {key}")
+
+
+def test_bad_arguments_are_user_errors(capsys: pytest.CaptureFixture) -> None:
+    for args, message in ((["--device", "nope"], "not a torch device"), (["--device", "mps"], "use cpu, cuda"),
+                          (["--threads", "-1"], "--threads -1")):
+        with pytest.raises(UserInputError, match=message):
+            benchmark.parse_args(args)
+    if not torch.cuda.is_available():
+        with pytest.raises(UserInputError, match="CUDA is not available"):
+            benchmark.parse_args(["--device", "cuda"])
     with pytest.raises(SystemExit) as info:
-        benchmark.parse_args(["--configs", "nope"])
-    assert info.value.code == 2
-    assert "unknown config(s) nope" in capsys.readouterr().err
+        benchmark.parse_args(["--sections", "nope"])
+    assert info.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    args = benchmark.parse_args(["--data"])
+    assert args.sections == ["options", "paper", "weighting", "xtam", "data"]
+    assert args.out == Path("benchmarks/cpu.json")

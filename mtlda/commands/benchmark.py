@@ -15,7 +15,8 @@ Comparisons (the first configuration of each is its reference, ratio 1):
   with GradScaler, CUDA only), compile (``torch.compile``; its first step, the compilation, is reported as
   ``compile_s`` and left out of the step time), for the toycity demo model (toycity data) and the paper's S-D and
   S-D-N (random batches of the right shapes: no data set needed) at the demo size 128x256;
-- ``paper``: the same models at the paper's 512x1024 (on a CPU: fewer configurations and iterations);
+- ``paper``: the same models at the paper's 512x1024 (on a CPU: fewer configurations and iterations, and the
+  ResNet-101 models at 256x512, whose 512x1024 step does not fit 24 GB at batch 2, BatchNorm's minimum there);
 - ``weighting``: every task-weighting method (``tasks.weighting``) against fixed weights on the demo model;
 - ``xtam``: one directional xTAM (forward + backward of the module alone) with scaled_dot_product_attention and
   with the explicit softmax(QK^T)V, and which SDPA kernels run (the profiler's aten ops; on CUDA also each backend
@@ -30,9 +31,9 @@ above the memory in use just before it: ``torch.cuda.max_memory_allocated`` on C
 resident set (VmHWM, reset through /proc/self/clear_refs after returning freed heap pages with malloc_trim).
 
 examples:
-  mtlda benchmark --data                          # every CPU comparison -> benchmarks/cpu.json (about 40 minutes)
+  mtlda benchmark --data                          # every CPU comparison -> benchmarks/cpu.json (1-2 hours, 2 cores)
   mtlda benchmark --device cuda --data            # the same plus AMP fp16 and the scenarios -> benchmarks/gpu.json
-  mtlda benchmark --quick --sections options      # smoke test at 32x64 (seconds)
+  mtlda benchmark --quick --sections options      # smoke test at 32x64 (a minute)
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import argparse
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import gc
 import json
 import os
@@ -57,6 +59,7 @@ from typing import Any
 import torch
 import torchvision
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import Dataset
 
 from mtlda.config import load_config
@@ -69,7 +72,7 @@ from mtlda.files import write_text_atomic
 from mtlda.models import XTAM
 from mtlda.scenarios.checkpoint import save_checkpoint
 from mtlda.scenarios.dense import DenseScenario, input_size, target_names
-from mtlda.scenarios.engine import Engine
+from mtlda.scenarios.engine import Engine, StepOutput
 from mtlda.scenarios.optim import build_scheduler
 from mtlda.scenarios.registry import scenario_class
 from mtlda.scenarios.runner import build_scenario
@@ -77,6 +80,7 @@ from mtlda.schema import DataConfig, ExperimentConfig
 
 DEMO_SIZE = (128, 256)
 PAPER_SIZE = (512, 1024)
+HALF_PAPER_SIZE = (256, 512)
 QUICK_SIZE = (32, 64)
 SECTIONS = ("options", "paper", "weighting", "xtam", "scenarios", "data")
 WEIGHTINGS = ("fixed", "uncertainty", "dwa", "gradnorm", "pcgrad", "cagrad", "nashmtl", "famo")
@@ -126,7 +130,8 @@ VARIANTS = {
     "checkpoint_all": Variant("checkpoint_all", ("model.checkpointing=all",)),
     "bf16": Variant("bf16", ("train.amp=true", "train.amp_dtype=bf16")),
     "fp16": Variant("fp16", ("train.amp=true", "train.amp_dtype=fp16"), cuda_only=True),
-    **{f"weighting_{name}": Variant(f"weighting_{name}", (f"tasks.weighting={{name: {name}}}",)) for name in WEIGHTINGS},
+    **{f"weighting_{name}": Variant(f"weighting_{name}", (f"tasks.weighting={{name: {name}}}",))
+       for name in WEIGHTINGS},
 }
 VARIANT_NOTES = {
     "plain": "channels_last off, per-parameter Adam loop (foreach=False, fused=False)",
@@ -184,17 +189,17 @@ def plan(device: torch.device, sections: Sequence[str], quick: bool) -> list[Com
         comparisons.append(Comparison("weighting", "demo", DEMO_SIZE, 0, weighting, 3, 10))
         comparisons += [Comparison("scenarios", name, None, 0, ("default", "bf16", "fp16"), 3, 10)
                         for name in ("supervised", "uda", "sde")]
-    else:
+    else:  # the paper's S-D at 512x1024 needs more than this machine's 24 GB at batch 2 (ASPP BatchNorm's minimum)
         every = ("plain", "default", "channels_last", "fused_optimizer", "checkpoint_encoder", "checkpoint_all",
                  "bf16")
-        comparisons = [Comparison("options", "demo", DEMO_SIZE, 0, (*every, "compile"), 2, 5),
+        memory = ("default", "checkpoint_encoder", "checkpoint_all")
+        comparisons = [Comparison("options", "demo", DEMO_SIZE, 0, (*every, "compile"), 1, 5),
                        Comparison("options", "paper_sd", DEMO_SIZE, 2, every, 1, 5),
-                       Comparison("options", "paper_sdn", DEMO_SIZE, 2, ("plain", "default", "checkpoint_all"), 1, 5),
-                       Comparison("paper", "demo", PAPER_SIZE, 2, ("plain", "default", "checkpoint_all", "bf16"), 1, 3),
-                       Comparison("paper", "paper_sd", PAPER_SIZE, 2,
-                                  ("plain", "default", "checkpoint_encoder", "checkpoint_all"), 1, 2),
-                       Comparison("paper", "paper_sdn", PAPER_SIZE, 2, ("default", "checkpoint_all"), 1, 1),
-                       Comparison("weighting", "demo", DEMO_SIZE, 0, weighting, 2, 5)]
+                       Comparison("options", "paper_sdn", DEMO_SIZE, 2, ("plain", "default", "checkpoint_all"), 1, 3),
+                       Comparison("paper", "demo", PAPER_SIZE, 2, ("plain", "default", "checkpoint_all", "bf16"), 1, 2),
+                       Comparison("paper", "paper_sd", HALF_PAPER_SIZE, 2, memory, 0, 2),
+                       Comparison("paper", "paper_sdn", HALF_PAPER_SIZE, 2, memory[::2], 0, 2),
+                       Comparison("weighting", "demo", DEMO_SIZE, 0, weighting, 1, 5)]
     return [c for c in comparisons if c.section in sections]
 
 
@@ -351,8 +356,8 @@ def case_config(subject: Subject, variant: Variant, size: tuple[int, int] | None
                 device: torch.device, workdir: Path, extra: Sequence[str] = ()) -> ExperimentConfig:
     """The config of one case: the experiment with the variant's overrides at ``size`` and ``batch``."""
     overrides = [*subject.overrides, f"device={device}", f"workdir={workdir}", "train.threads=0",
-                 "train.selection_metric=semseg/miou", "data.workers=0", "data.toycity.num_train=48",
-                 "data.toycity.num_val=8", "data.max_val_samples=8"]
+                 "train.selection_metric=semseg/miou", "data.workers=0", "uda.source.workers=0",
+                 "data.toycity.num_train=48", "data.toycity.num_val=8", "data.max_val_samples=8"]
     for data in ("data", "uda.source"):
         if size is not None:
             h, w = size
@@ -389,18 +394,20 @@ class Case:
     extra: list[int] = field(default_factory=list)
     first_s: float | None = None
 
-    def step(self) -> None:
-        """One training step of the engine."""
+    def step(self) -> StepOutput:
+        """One training step of the engine (as ``Engine.fit`` runs it, without logging and checkpoints)."""
         out = self.scenario.train_step(next(self.batches), self.engine)
         self.engine._check_finite(out)
         self.engine._optimizer_step()
         self.scenario.after_step(self.engine)
         self.engine.iteration += 1
+        return out
 
 
 def build_case(comparison: Comparison, variant: Variant, device: torch.device, workdir: Path,
                extra: Sequence[str] = ()) -> Case:
-    """Engine, scenario and training batches of one variant (seeded: every variant starts from the same weights)."""
+    """Engine, scenario and training batches of one variant, ``extra`` overrides last (seeded: every variant starts
+    from the same weights)."""
     subject = SUBJECTS[comparison.subject]
     cfg = case_config(subject, variant, comparison.size, comparison.batch, device, workdir, extra)
     if cfg.scenario == "sde" and cfg.sde.stage == "multitask":
@@ -426,6 +433,20 @@ def load_average() -> str:
         return "unknown"
 
 
+@contextlib.contextmanager
+def environment_variable(name: str, value: str) -> Iterator[None]:
+    """``os.environ[name] = value`` inside the context, the previous state restored after it."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
 def timed(fn: Callable[[], None], device: torch.device) -> float:
     """Seconds ``fn`` takes (device work included)."""
     synchronize(device)
@@ -437,17 +458,22 @@ def timed(fn: Callable[[], None], device: torch.device) -> float:
 
 def interleave(cases: Sequence[Case], warmup: int, iters: int, device: torch.device, probe: MemoryProbe) -> None:
     """Rounds of one step of every case in turn; the first ``warmup`` rounds are not timed (the first step of each
-    case is kept as ``first_s``: compilation, lazy initialisation)."""
+    case is kept as ``first_s``: compilation, lazy initialisation). One progress line per round on stderr."""
     for round_index in range(warmup + iters):
+        timed_round = round_index >= warmup
+        line = []
         for case in cases:
             probe.start()
             seconds = timed(case.step, device)
             extra = probe.extra_bytes()
             if round_index == 0:
                 case.first_s = seconds
-            if round_index >= warmup:
+            if timed_round:
                 case.times.append(seconds * 1000)
                 case.extra.append(extra)
+            line.append(f"{case.variant} {seconds * 1000:.0f}")
+        print(f"  round {round_index + 1}/{warmup + iters} ({'timed' if timed_round else 'warm-up'}, load "
+              f"{load_average()}): {', '.join(line)} ms", file=sys.stderr)
 
 
 def summarise(case: Case, reference: dict[str, Any] | None) -> dict[str, Any]:
@@ -467,8 +493,10 @@ def summarise(case: Case, reference: dict[str, Any] | None) -> dict[str, Any]:
     return row
 
 
-def run_comparison(comparison: Comparison, device: torch.device, probe: MemoryProbe, workdir: Path) -> dict:
-    """Build every variant of ``comparison``, interleave their steps and summarise them (reference first)."""
+def run_comparison(comparison: Comparison, device: torch.device, probe: MemoryProbe, workdir: Path,
+                   overrides: Sequence[str] = ()) -> dict:
+    """Build every variant of ``comparison`` (with ``overrides``), interleave their steps and summarise them
+    (reference first)."""
     load_before = load_average()
     cases: list[Case] = []
     skipped: dict[str, str] = {}
@@ -478,7 +506,7 @@ def run_comparison(comparison: Comparison, device: torch.device, probe: MemoryPr
             skipped[name] = "skipped: needs CUDA"
             continue
         try:
-            cases.append(build_case(comparison, variant, device, workdir / name))
+            cases.append(build_case(comparison, variant, device, workdir / name, overrides))
         except (RuntimeError, MemoryError) as error:
             if not _is_oom(error):
                 raise
@@ -539,7 +567,8 @@ def xtam_comparison(device: torch.device, size: tuple[int, int], batch: int, ite
     rows = []
     for name in modules:
         ms = statistics.median(times[name])
-        rows.append({"config": name, "status": "ok", "input": f"{batch}x{channels}x{size[0]}x{size[1]} ({tokens} tokens)",
+        shape = f"{batch}x{channels}x{size[0]}x{size[1]} ({tokens} tokens)"
+        rows.append({"config": name, "status": "ok", "input": shape,
                      "ms_per_step": ms, "ms_all": times[name], "step_extra_mib": max(extra[name]) / 2**20,
                      "ratio": ms / statistics.median(times["xtam_sdpa"]),
                      "extra_ratio": max(extra[name]) / max(max(extra["xtam_sdpa"]), 1)})
@@ -551,12 +580,24 @@ def xtam_comparison(device: torch.device, size: tuple[int, int], batch: int, ite
 SDPA_OP_PREFIX = "aten::_scaled_dot_product"
 
 
+class _RecordedOps(TorchDispatchMode):
+    """The names of the aten ops that run inside the context."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.add(func.name())
+        return func(*args, **(kwargs or {}))
+
+
 def sdpa_ops(module: nn.Module, target: Tensor, source: Tensor, dtype: torch.dtype | None) -> list[str]:
-    """The fused SDPA aten ops one forward of ``module`` dispatches to (under autocast to ``dtype`` if given)."""
+    """The SDPA kernels (aten ops) one forward of ``module`` dispatches to, under autocast to ``dtype`` if given."""
     autocast = torch.autocast(target.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof, autocast, torch.no_grad():
+    with _RecordedOps() as ops, autocast, torch.no_grad():
         module(target, source)
-    return sorted({event.name for event in prof.events() if event.name.startswith(SDPA_OP_PREFIX)})
+    return sorted(name for name in ops.names if name.startswith(SDPA_OP_PREFIX))
 
 
 def sdpa_kernels(module: nn.Module, target: Tensor, source: Tensor, device: torch.device) -> dict[str, Any]:
@@ -605,6 +646,11 @@ def loader_rates(split: Dataset, batch: int, workers: Sequence[int], pin: bool, 
              "first_batch_s": statistics.median(r["first"])} for count, r in results.items()]
 
 
+def run_steps(case: Case, count: int) -> None:
+    for _ in range(count):
+        case.step()
+
+
 def step_rates(cases: Mapping[int, Case], steps: int, rounds: int, device: torch.device) -> list[dict[str, Any]]:
     """images/s of the training step, loading included, per ``data.workers``: interleaved blocks of ``steps``
     steps, each with a fresh loader (no batch is prefetched while another case runs)."""
@@ -612,7 +658,7 @@ def step_rates(cases: Mapping[int, Case], steps: int, rounds: int, device: torch
     for _ in range(rounds):
         for count, case in cases.items():
             case.batches = case.scenario.train_batches(case.engine.iteration)
-            seconds = timed(lambda: [case.step() for _ in range(steps)], device)
+            seconds = timed(functools.partial(run_steps, case, steps), device)
             case.batches.close()
             rates[count].append(steps * case.scenario.cfg.data.batch_size / seconds)
     base = statistics.median(next(iter(rates.values())))
@@ -620,15 +666,15 @@ def step_rates(cases: Mapping[int, Case], steps: int, rounds: int, device: torch
              "all": r} for count, r in rates.items()]
 
 
-def data_section(device: torch.device, quick: bool, workdir: Path) -> dict[str, Any]:
+def data_section(device: torch.device, quick: bool, workdir: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Loader throughput per worker count against the training step's rate, to choose ``data.workers``."""
     load_before = load_average()
     size = QUICK_SIZE if quick else DEMO_SIZE
     comparison = Comparison("data", "demo", size, 2 if quick else 0, ("default",), 0, 1)
     workers = (0, 1) if quick else (0, 1, 2)
-    batches, rounds, steps = (2, 1, 2) if quick else (12, 3, 6)
-    cases = {w: build_case(comparison, VARIANTS["default"], device, workdir / f"workers{w}", [f"data.workers={w}"])
-             for w in workers}
+    batches, rounds, steps = (2, 1, 2) if quick else (8, 4, 3)
+    cases = {w: build_case(comparison, VARIANTS["default"], device, workdir / f"workers{w}",
+                           [*overrides, f"data.workers={w}"]) for w in workers}
     for case in cases.values():
         case.step()  # warm-up
     first = cases[workers[0]].scenario
@@ -690,6 +736,8 @@ def parser() -> argparse.ArgumentParser:
                    help=f"comparisons to run, among {', '.join(SECTIONS)} (default: all but data; scenarios on CUDA "
                         "and with --quick only)")
     p.add_argument("--data", action="store_true", help="add the data section (loader images/s, data.workers)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override of every case (repeatable), e.g. --set model.backbone=resnet50")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
     p.add_argument("--quick", action="store_true",
                    help="smoke test: 32x64 inputs, one timed step per configuration, no compile (timings then "
@@ -731,11 +779,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                               "memory": "cuda max_memory_allocated" if device.type == "cuda" else
                               "state tensors + step peak RSS (VmHWM) above the RSS before the step",
                               "memory_note": probe.note, "comparisons": []}
-    with tempfile.TemporaryDirectory(prefix="mtlda-benchmark-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="mtlda-benchmark-") as tmp, \
+            environment_variable("TORCHINDUCTOR_CACHE_DIR", str(Path(tmp) / "inductor")):  # compile_s: a cold compile
         workdir = Path(tmp)
         for index, comparison in enumerate(plan(device, args.sections, args.quick)):
             print(f"{comparison.title}: {', '.join(comparison.variants)} (load {load_average()})", file=sys.stderr)
-            report["comparisons"].append(run_comparison(comparison, device, probe, workdir / str(index)))
+            report["comparisons"].append(run_comparison(comparison, device, probe, workdir / str(index),
+                                                        args.overrides))
+            write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
         if "xtam" in args.sections:
             size = QUICK_SIZE if args.quick else (256, 512)
             iters, warmup = (1, 0) if args.quick else (5, 1)
@@ -743,7 +794,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report["comparisons"].append(xtam_comparison(device, size, 2, iters, warmup, probe))
         if "data" in args.sections:
             print(f"data loading (load {load_average()})", file=sys.stderr)
-            report["data"] = data_section(device, args.quick, workdir / "data")
+            report["data"] = data_section(device, args.quick, workdir / "data", args.overrides)
     report["load_after"] = load_average()
     print(f"\n{report['machine']['device_name']}, {report['machine']['cpu_count']} CPUs, "
           f"{torch.get_num_threads()} torch threads, load {report['load_before']} -> {report['load_after']}")
