@@ -159,6 +159,17 @@ def test_parameter_counts_match_the_official_resnet101_models() -> None:
     assert "87,399,458" in text and text.splitlines()[0].startswith("encoder")
 
 
+def test_parameter_counts_match_the_official_survey_baselines() -> None:
+    """The paper's STL and MTL baselines (one DeepLab head per task, Cityscapes 16 classes), as the official code."""
+    heads = {"semseg": HeadSpec(16, (0,)), "depth": HeadSpec(1, (0,)), "normals": HeadSpec(3, (0,))}
+    deeplab = ModelConfig(backbone="resnet101", architecture="deeplab", block="none")
+    with torch.device("meta"):
+        single = {task: _count(build_network(deeplab, {task: heads[task]})) for task in heads}
+        both = _count(build_network(deeplab, {task: heads[task] for task in ("semseg", "depth")}))
+    assert single == {"semseg": 58_629_712, "depth": 58_625_857, "normals": 58_626_371}
+    assert both == 74_755_409
+
+
 @pytest.mark.parametrize("backbone", ["resnet18", "resnet34", "resnet50", "resnet101"])
 def test_encoder_strides_and_channels(backbone: str) -> None:
     with torch.device("meta"):
