@@ -218,8 +218,8 @@ def average_gradients_(parameters: Iterable[nn.Parameter]) -> None:
     if not params or not is_distributed():
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    for param, grad in zip(params, all_reduce_mean(grads)):
-        param.grad = grad
+    for param, grad, mean in zip(params, grads, all_reduce_mean(grads)):
+        param.grad = grad.copy_(mean)  # in place: the parameter's memory format (fused optimisers assume it)
 
 
 class GlobalBatchNorm2d(nn.BatchNorm2d):

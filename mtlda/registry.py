@@ -41,7 +41,7 @@ class Registry(Generic[T]):
         if name not in self._entries:
             close = difflib.get_close_matches(str(name), list(self._entries), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise UserInputError(f"unknown {self.kind} {name!r}{hint}; registered: {', '.join(self._entries)}")
+            raise UserInputError(f"unknown {self.kind} {name!r}{hint}; registered: {', '.join(sorted(self._entries))}")
         return self._entries[name]
 
     def names(self) -> tuple[str, ...]:

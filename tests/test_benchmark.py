@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -34,6 +35,7 @@ def tiny_subjects(monkeypatch) -> None:
     monkeypatch.setattr(benchmark, "SUBJECTS", subjects)
 
 
+@pytest.mark.slow
 def test_quick_options_and_xtam_write_a_report(cache, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "bench.json"
     args = ["--quick", "--sections", "options", "xtam", "--out", str(out),
@@ -56,6 +58,7 @@ def test_quick_options_and_xtam_write_a_report(cache, tmp_path: Path, capsys: py
     assert "| plain | 2x3x32x64 |" in table and "| xtam_explicit |" in table and f"wrote {out}" in table
 
 
+@pytest.mark.slow
 def test_scenarios_and_weightings_run_on_random_batches(tiny_subjects, tmp_path: Path) -> None:
     probe = benchmark.MemoryProbe(CPU)
     for name in ("uda", "sde"):
@@ -114,6 +117,7 @@ def _in_float64(case: benchmark.Case) -> None:
 SPEED_OPTIONS = ("plain", "default", "channels_last", "fused_optimizer")
 
 
+@pytest.mark.slow
 def test_speed_options_train_like_the_plain_configuration(cache, tmp_path: Path) -> None:
     """The engine's losses over real toycity steps of the demo model, with and without channels_last and the fused
     optimiser, agree to 1e-5 (float32 rounding differs: channels_last sums in another order)."""
@@ -126,6 +130,7 @@ def test_speed_options_train_like_the_plain_configuration(cache, tmp_path: Path)
     assert losses["fused_optimizer"] == losses["plain"]
 
 
+@pytest.mark.slow
 def test_speed_options_compute_the_same_training_in_float64(cache, tmp_path: Path) -> None:
     """In float64 (rounding out of the way) three steps of every speed option give the plain losses to 1e-10."""
     cases = _tiny_cases(SPEED_OPTIONS, tmp_path)
@@ -138,6 +143,20 @@ def test_speed_options_compute_the_same_training_in_float64(cache, tmp_path: Pat
     for case in cases[1:]:
         for key, value in case.scenario.model.named_parameters():
             torch.testing.assert_close(value, reference[key], rtol=1e-8, atol=1e-10, msg=f"{case.variant}: {key}")
+
+
+def test_a_case_out_of_memory_is_marked_and_left_out(capsys: pytest.CaptureFixture) -> None:
+    def out_of_memory() -> None:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    cases = [benchmark.Case(name, SimpleNamespace(optimizers={}), None, iter(()), "2x3x8x8", 1) for name in "ab"]
+    cases[0].step, cases[1].step = (lambda: None), out_of_memory
+    benchmark.interleave(cases, 1, 3, CPU, benchmark.MemoryProbe(CPU))
+    assert (cases[0].status, len(cases[0].times), cases[1].status, cases[1].times) == ("ok", 3, "OOM", [])
+    assert "round 4/4 (timed" in capsys.readouterr().err
+    cases[0].step = lambda: torch.ones(2) @ torch.ones(3)  # any other error is a bug and propagates
+    with pytest.raises(RuntimeError, match="size"):
+        benchmark.interleave(cases[:1], 0, 1, CPU, benchmark.MemoryProbe(CPU))
 
 
 def test_bad_arguments_are_user_errors(capsys: pytest.CaptureFixture) -> None:

@@ -91,6 +91,7 @@ def test_the_engine_refuses_fp16_on_the_cpu(tmp_path: Path) -> None:
     assert bf16.amp_dtype == torch.bfloat16 and not bf16.scaler.is_enabled()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("weighting", ["fixed", "pcgrad"])
 def test_loss_scaling_trains_like_unscaled_and_skips_overflowing_steps(weighting, tmp_path: Path) -> None:
     """The fp16 path's GradScaler (enabled here on the CPU, in float32): scaled backward, unscaling before gradient
@@ -123,6 +124,7 @@ def test_fp16_autocast_trains_on_the_cpu_with_a_scaler(tmp_path: Path) -> None:
     assert all(p.dtype == torch.float32 for p in case.scenario.model.parameters())
 
 
+@pytest.mark.slow
 def test_attention_runs_a_fused_kernel_at_the_paper_resolution() -> None:
     """Stage-1 features of a 512x1024 input (256x512, 8192 tokens): SDPA dispatches to the fused (flash) CPU
     kernel in float32 and bf16, never to the math fallback that materialises the 8192 x 8192 matrix."""
@@ -159,7 +161,10 @@ def test_ddp_settings_are_explicit_and_train_like_one_process(tmp_path: Path, mo
         dist.destroy_process_group()
 
 
-def test_auto_loader_workers_follow_the_cpus(monkeypatch) -> None:
+def test_auto_loader_workers_follow_the_cpus(monkeypatch, tmp_path: Path) -> None:
+    assert tiny_config("supervised", tmp_path, "data.workers=-1").data.workers == -1
+    with pytest.raises(UserInputError, match="below the minimum -1"):
+        tiny_config("supervised", tmp_path, "data.workers=-2")
     assert loader_workers(0) == 0 and loader_workers(3) == 3
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)

@@ -112,6 +112,7 @@ def test_one_run_per_gpu_at_a_time(monkeypatch, tmp_path: Path):
     assert [(run.cell.label, code) for run, code in failed] == [("c2", 1)]
 
 
+@pytest.mark.slow
 def test_tiny_sweep_end_to_end_then_skipped(tmp_path: Path, capsys: pytest.CaptureFixture):
     out = tmp_path / "sweep"
     args = [str(EXPERIMENT), "--grid", "tasks.weights.D=1,10", "--seeds", "0", "--out", str(out),

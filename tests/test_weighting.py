@@ -431,6 +431,29 @@ def test_assign_flat_gradient_writes_scales_and_accumulates():
         assign_flat_gradient(params, torch.zeros(6))
 
 
+@pytest.mark.parametrize("kernel", [{"fused": True}, {"foreach": True}])
+def test_gradient_level_weighting_trains_a_channels_last_network_like_a_contiguous_one(kernel):
+    """Written gradients keep each parameter's memory format: the fused CPU optimisers read a gradient stored in
+    another layout than its parameter in the parameter's order, i.e. update the wrong elements (silently)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, 5)
+    nets = []
+    for layout in (torch.channels_last, torch.contiguous_format):
+        torch.manual_seed(1)
+        nets.append(nn.Conv2d(3, 4, 3).to(memory_format=layout))
+    for net in nets:
+        opt = torch.optim.Adam(net.parameters(), lr=0.1, **kernel)
+        method = build_weighting("pcgrad", TWO, ONES)
+        for _ in range(2):
+            out = net(x.contiguous(memory_format=torch.channels_last))
+            weighted_backward(method, {"a": out[:, :2].square().mean(), "b": out[:, 2:].mean()},
+                              [net.weight], [net.bias])
+            assert net.weight.grad.stride() == net.weight.stride()
+            opt.step()
+            opt.zero_grad()
+    torch.testing.assert_close(nets[0].weight, nets[1].weight)
+
+
 def test_all_reduce_is_a_no_op_without_a_process_group():
     tensors = [torch.arange(3.0), torch.ones(2, 2)]
     all_reduce_mean_(tensors)

@@ -128,6 +128,7 @@ VARIANTS = {
     "compile": Variant("compile", ("train.compile=true",)),
     "checkpoint_encoder": Variant("checkpoint_encoder", ("model.checkpointing=encoder",)),
     "checkpoint_all": Variant("checkpoint_all", ("model.checkpointing=all",)),
+    "no_exchange": Variant("no_exchange", ("model.block=none",)),
     "bf16": Variant("bf16", ("train.amp=true", "train.amp_dtype=bf16")),
     "fp16": Variant("fp16", ("train.amp=true", "train.amp_dtype=fp16"), cuda_only=True),
     **{f"weighting_{name}": Variant(f"weighting_{name}", (f"tasks.weighting={{name: {name}}}",))
@@ -141,6 +142,7 @@ VARIANT_NOTES = {
     "compile": "default + torch.compile (compile_s: the first step)",
     "checkpoint_encoder": "default + model.checkpointing=encoder",
     "checkpoint_all": "default + model.checkpointing=all",
+    "no_exchange": "default without the exchange block (model.block=none): what mTEB costs",
     "bf16": "default + bf16 autocast",
     "fp16": "default + fp16 autocast with GradScaler",
     **{f"weighting_{name}": f"default + tasks.weighting={{name: {name}}}" for name in WEIGHTINGS},
@@ -167,7 +169,7 @@ class Comparison:
 
 
 OPTIONS = ("plain", "default", "channels_last", "fused_optimizer", "checkpoint_encoder", "checkpoint_all", "bf16",
-           "fp16", "compile")
+           "fp16", "no_exchange", "compile")
 
 
 def plan(device: torch.device, sections: Sequence[str], quick: bool) -> list[Comparison]:
@@ -193,8 +195,9 @@ def plan(device: torch.device, sections: Sequence[str], quick: bool) -> list[Com
         every = ("plain", "default", "channels_last", "fused_optimizer", "checkpoint_encoder", "checkpoint_all",
                  "bf16")
         memory = ("default", "checkpoint_encoder", "checkpoint_all")
-        comparisons = [Comparison("options", "demo", DEMO_SIZE, 0, (*every, "compile"), 1, 5),
-                       Comparison("options", "paper_sd", DEMO_SIZE, 2, every, 1, 5),
+        comparisons = [Comparison("options", "demo", DEMO_SIZE, 0, (*every, "no_exchange", "compile"), 1, 8),
+                       Comparison("options", "paper_sd", DEMO_SIZE, 2,
+                                  tuple(v for v in every if v != "checkpoint_encoder"), 1, 6),
                        Comparison("options", "paper_sdn", DEMO_SIZE, 2, ("plain", "default", "checkpoint_all"), 1, 3),
                        Comparison("paper", "demo", PAPER_SIZE, 2, ("plain", "default", "checkpoint_all", "bf16"), 1, 2),
                        Comparison("paper", "paper_sd", HALF_PAPER_SIZE, 2, memory, 0, 2),
@@ -393,6 +396,7 @@ class Case:
     times: list[float] = field(default_factory=list)
     extra: list[int] = field(default_factory=list)
     first_s: float | None = None
+    status: str = "ok"
 
     def step(self) -> StepOutput:
         """One training step of the engine (as ``Engine.fit`` runs it, without logging and checkpoints)."""
@@ -458,13 +462,23 @@ def timed(fn: Callable[[], None], device: torch.device) -> float:
 
 def interleave(cases: Sequence[Case], warmup: int, iters: int, device: torch.device, probe: MemoryProbe) -> None:
     """Rounds of one step of every case in turn; the first ``warmup`` rounds are not timed (the first step of each
-    case is kept as ``first_s``: compilation, lazy initialisation). One progress line per round on stderr."""
+    case is kept as ``first_s``: compilation, lazy initialisation). A case that runs out of memory is marked and
+    left out of the later rounds. One progress line per round on stderr."""
     for round_index in range(warmup + iters):
         timed_round = round_index >= warmup
         line = []
-        for case in cases:
+        for case in (c for c in cases if c.status == "ok"):
             probe.start()
-            seconds = timed(case.step, device)
+            try:
+                seconds = timed(case.step, device)
+            except (RuntimeError, MemoryError) as error:
+                if not _is_oom(error):
+                    raise
+                case.status = "OOM"
+                for opt in case.engine.optimizers.values():
+                    opt.zero_grad(set_to_none=True)
+                release_memory(device)
+                continue
             extra = probe.extra_bytes()
             if round_index == 0:
                 case.first_s = seconds
@@ -474,6 +488,12 @@ def interleave(cases: Sequence[Case], warmup: int, iters: int, device: torch.dev
             line.append(f"{case.variant} {seconds * 1000:.0f}")
         print(f"  round {round_index + 1}/{warmup + iters} ({'timed' if timed_round else 'warm-up'}, load "
               f"{load_average()}): {', '.join(line)} ms", file=sys.stderr)
+
+
+def release_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def summarise(case: Case, reference: dict[str, Any] | None) -> dict[str, Any]:
@@ -497,6 +517,7 @@ def run_comparison(comparison: Comparison, device: torch.device, probe: MemoryPr
                    overrides: Sequence[str] = ()) -> dict:
     """Build every variant of ``comparison`` (with ``overrides``), interleave their steps and summarise them
     (reference first)."""
+    release_memory(device)  # what the previous comparison left
     load_before = load_average()
     cases: list[Case] = []
     skipped: dict[str, str] = {}
@@ -511,27 +532,17 @@ def run_comparison(comparison: Comparison, device: torch.device, probe: MemoryPr
             if not _is_oom(error):
                 raise
             skipped[name] = "OOM while building"
-    status = {}
-    try:
-        interleave(cases, comparison.warmup, comparison.iters, device, probe)
-    except (RuntimeError, MemoryError) as error:
-        if not _is_oom(error):
-            raise
-        status = {case.variant: "OOM" for case in cases if len(case.times) < comparison.iters}
+    interleave(cases, comparison.warmup, comparison.iters, device, probe)
     rows, reference = [], None
     for name in comparison.variants:
         case = next((c for c in cases if c.variant == name), None)
-        if case is None or name in status:
+        if case is None or case.status != "ok":
             rows.append({"config": name, "note": VARIANT_NOTES.get(name, ""),
-                         "status": skipped.get(name) or status[name]})
+                         "status": case.status if case else skipped[name]})
         else:
             rows.append(summarise(case, reference))
         if reference is None:
             reference = rows[-1]
-    del cases
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return {"title": comparison.title, **asdict(comparison), "reference": comparison.variants[0],
             "data": "toycity" if SUBJECTS[comparison.subject].toycity else "random batches of the data's shapes",
             "load_before": load_before, "load_after": load_average(), "results": rows}

@@ -123,7 +123,7 @@ def _write_gradients(
         if accumulate and p.grad is not None:
             p.grad.add_(value)
         else:
-            p.grad = value.clone()
+            p.grad = torch.empty_like(p).copy_(value)  # the parameter's memory format: fused optimisers assume it
 
 
 def assign_flat_gradient(
