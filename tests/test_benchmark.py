@@ -10,6 +10,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from mtlda.benchmarking import cases as bench_cases
+from mtlda.benchmarking import measure, plan, random_data
 from mtlda.commands import benchmark
 from mtlda.data.batch import Batch
 from mtlda.data.targets import target_kind
@@ -30,9 +32,9 @@ def cache(monkeypatch, tmp_path_factory) -> None:
 @pytest.fixture()
 def tiny_subjects(monkeypatch) -> None:
     """The paper subjects with a ResNet-18 and narrow decoders (the same code paths, a fraction of the time)."""
-    subjects = {name: benchmark.Subject(s.description, s.experiment, (*s.overrides, *TINY_MODEL), s.toycity)
-                for name, s in benchmark.SUBJECTS.items()}
-    monkeypatch.setattr(benchmark, "SUBJECTS", subjects)
+    subjects = {name: plan.Subject(s.description, s.experiment, (*s.overrides, *TINY_MODEL), s.toycity)
+                for name, s in plan.SUBJECTS.items()}
+    monkeypatch.setattr(plan, "SUBJECTS", subjects)
 
 
 @pytest.mark.slow
@@ -60,20 +62,20 @@ def test_quick_options_and_xtam_write_a_report(cache, tmp_path: Path, capsys: py
 
 @pytest.mark.slow
 def test_scenarios_and_weightings_run_on_random_batches(tiny_subjects, tmp_path: Path) -> None:
-    probe = benchmark.MemoryProbe(CPU)
+    probe = measure.MemoryProbe(CPU)
     for name in ("uda", "sde"):
-        comparison = benchmark.Comparison("scenarios", name, benchmark.QUICK_SIZE, 2, ("default", "fp16"), 0, 1)
-        result = benchmark.run_comparison(comparison, CPU, probe, tmp_path / name)
+        comparison = plan.Comparison("scenarios", name, plan.QUICK_SIZE, 2, ("default", "fp16"), 0, 1)
+        result = bench_cases.run_comparison(comparison, CPU, probe, tmp_path / name)
         assert result["data"].startswith("random") and result["load_after"]
         assert [r["status"] for r in result["results"]] == ["ok", "skipped: needs CUDA"]
-    comparison = benchmark.Comparison("weighting", "paper_sd", benchmark.QUICK_SIZE, 2,
+    comparison = plan.Comparison("weighting", "paper_sd", plan.QUICK_SIZE, 2,
                                       ("weighting_fixed", "weighting_pcgrad", "weighting_famo"), 0, 1)
-    rows = benchmark.run_comparison(comparison, CPU, probe, tmp_path / "weighting")["results"]
+    rows = bench_cases.run_comparison(comparison, CPU, probe, tmp_path / "weighting")["results"]
     assert [r["status"] for r in rows] == ["ok"] * 3 and all(r["ratio"] > 0 for r in rows[1:])
 
 
 def test_random_split_follows_the_target_kinds() -> None:
-    split = benchmark.RandomSplit(["depth", "edges", "normals", "semseg"], 16, (8, 12), (-1, 1), count=3)
+    split = random_data.RandomSplit(["depth", "edges", "normals", "semseg"], 16, (8, 12), (-1, 1), count=3)
     sample = split[2]
     assert len(split) == 3 and sample.image.shape == (3, 8, 12) and set(sample.frames) == {-1, 1}
     assert sample.targets["semseg"].dtype == torch.int64 and set(sample.masks) == {"depth", "edges", "normals"}
@@ -85,8 +87,8 @@ def test_random_split_follows_the_target_kinds() -> None:
 
 
 def _tiny_cases(names, tmp_path: Path):
-    comparison = benchmark.Comparison("options", "demo", benchmark.QUICK_SIZE, 4, tuple(names), 0, 1)
-    return [benchmark.build_case(comparison, benchmark.VARIANTS[name], CPU, tmp_path / name, TINY_MODEL)
+    comparison = plan.Comparison("options", "demo", plan.QUICK_SIZE, 4, tuple(names), 0, 1)
+    return [bench_cases.build_case(comparison, plan.VARIANTS[name], CPU, tmp_path / name, TINY_MODEL)
             for name in names]
 
 
@@ -101,13 +103,13 @@ def test_per_parameter_baseline_keeps_the_groups_and_schedules(cache, tmp_path: 
     assert default.scenario.model.encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last)
 
 
-def _losses(case: benchmark.Case, steps: int) -> list[float]:
+def _losses(case: bench_cases.Case, steps: int) -> list[float]:
     """The engine's losses over ``steps`` steps from the RNG state a run starts with (dropout masks)."""
     seed_everything(case.scenario.cfg.seed)
     return [float(case.step().loss) for _ in range(steps)]
 
 
-def _in_float64(case: benchmark.Case) -> None:
+def _in_float64(case: bench_cases.Case) -> None:
     case.scenario.model.double()  # keeps each parameter's memory format
     as64 = lambda d: {k: v.double() if v.is_floating_point() else v for k, v in d.items()}  # noqa: E731
     case.batches = (Batch(b.image.double(), b.K.double(), as64(b.targets), b.masks, as64(b.frames), b.ids)
@@ -121,8 +123,8 @@ SPEED_OPTIONS = ("plain", "default", "channels_last", "fused_optimizer")
 def test_speed_options_train_like_the_plain_configuration(cache, tmp_path: Path) -> None:
     """The engine's losses over real toycity steps of the demo model, with and without channels_last and the fused
     optimiser, agree to 1e-5 (float32 rounding differs: channels_last sums in another order)."""
-    comparison = benchmark.Comparison("options", "demo", benchmark.QUICK_SIZE, 4, SPEED_OPTIONS, 0, 1)
-    cases = [benchmark.build_case(comparison, benchmark.VARIANTS[name], CPU, tmp_path / name)
+    comparison = plan.Comparison("options", "demo", plan.QUICK_SIZE, 4, SPEED_OPTIONS, 0, 1)
+    cases = [bench_cases.build_case(comparison, plan.VARIANTS[name], CPU, tmp_path / name)
              for name in SPEED_OPTIONS]
     losses = {case.variant: _losses(case, 3) for case in cases}
     for name, values in losses.items():
@@ -149,14 +151,14 @@ def test_a_case_out_of_memory_is_marked_and_left_out(capsys: pytest.CaptureFixtu
     def out_of_memory() -> None:
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    cases = [benchmark.Case(name, SimpleNamespace(optimizers={}), None, iter(()), "2x3x8x8", 1) for name in "ab"]
+    cases = [bench_cases.Case(name, SimpleNamespace(optimizers={}), None, iter(()), "2x3x8x8", 1) for name in "ab"]
     cases[0].step, cases[1].step = (lambda: None), out_of_memory
-    benchmark.interleave(cases, 1, 3, CPU, benchmark.MemoryProbe(CPU))
+    bench_cases.interleave(cases, 1, 3, CPU, measure.MemoryProbe(CPU))
     assert (cases[0].status, len(cases[0].times), cases[1].status, cases[1].times) == ("ok", 3, "OOM", [])
     assert "round 4/4 (timed" in capsys.readouterr().err
     cases[0].step = lambda: torch.ones(2) @ torch.ones(3)  # any other error is a bug and propagates
     with pytest.raises(RuntimeError, match="size"):
-        benchmark.interleave(cases[:1], 0, 1, CPU, benchmark.MemoryProbe(CPU))
+        bench_cases.interleave(cases[:1], 0, 1, CPU, measure.MemoryProbe(CPU))
 
 
 def test_bad_arguments_are_user_errors(capsys: pytest.CaptureFixture) -> None:

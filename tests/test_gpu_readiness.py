@@ -13,7 +13,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from mtlda.commands import benchmark
+from mtlda.benchmarking import attention, plan, random_data
+from mtlda.benchmarking import cases as bench_cases
 from mtlda.distributed import ddp_options, loader_workers
 from mtlda.errors import UserInputError
 from mtlda.models import XTAM
@@ -29,7 +30,7 @@ STEP_OVERRIDES = {"supervised": [], "uda": [],
 
 
 def tiny_config(subject: str, tmp_path: Path, *extra: str):
-    return benchmark.case_config(benchmark.SUBJECTS[subject], benchmark.VARIANTS["default"], (32, 64), 2, CPU,
+    return bench_cases.case_config(plan.SUBJECTS[subject], plan.VARIANTS["default"], (32, 64), 2, CPU,
                                  tmp_path, [*TINY_MODEL, *STEP_OVERRIDES[subject], *extra])
 
 
@@ -58,7 +59,7 @@ def _tensors_of(module: nn.Module):
 def test_every_scenario_trains_a_step_on_the_meta_device(subject, meta_friendly, tmp_path: Path) -> None:
     cfg = tiny_config(subject, tmp_path)
     engine = Engine(cfg, tmp_path, META, show_progress=False)
-    scenario = benchmark.with_random_data(scenario_class(cfg.scenario))(cfg, engine, True)
+    scenario = random_data.with_random_data(scenario_class(cfg.scenario))(cfg, engine, True)
     engine.attach(scenario)
     out = scenario.train_step(next(scenario.train_batches(0)), engine)
     engine._optimizer_step()
@@ -72,12 +73,12 @@ def test_every_scenario_trains_a_step_on_the_meta_device(subject, meta_friendly,
 
 
 def _cases(names, tmp_path: Path, *extra: str):
-    comparison = benchmark.Comparison("options", "paper_sd", benchmark.QUICK_SIZE, 2, tuple(names), 0, 1)
-    return [benchmark.build_case(comparison, benchmark.VARIANTS[name], CPU, tmp_path / name, [*TINY_MODEL, *extra])
+    comparison = plan.Comparison("options", "paper_sd", plan.QUICK_SIZE, 2, tuple(names), 0, 1)
+    return [bench_cases.build_case(comparison, plan.VARIANTS[name], CPU, tmp_path / name, [*TINY_MODEL, *extra])
             for name in names]
 
 
-def losses(case: benchmark.Case, steps: int) -> list[float]:
+def losses(case: bench_cases.Case, steps: int) -> list[float]:
     """The losses of ``steps`` training steps of ``case`` from the RNG state a run starts with (dropout masks)."""
     seed_everything(case.scenario.cfg.seed)
     return [float(case.step().loss) for _ in range(steps)]
@@ -131,7 +132,7 @@ def test_attention_runs_a_fused_kernel_at_the_paper_resolution() -> None:
     xtam = XTAM(128, 4).train()
     features = torch.randn(1, 128, 256, 512, generator=torch.Generator().manual_seed(0))
     for dtype in (None, torch.bfloat16):
-        assert benchmark.sdpa_ops(xtam, features, features, dtype) == [
+        assert attention.sdpa_ops(xtam, features, features, dtype) == [
             "aten::_scaled_dot_product_flash_attention_for_cpu"]
 
 
@@ -140,7 +141,7 @@ def test_attention_backends_on_cuda_at_the_paper_resolution() -> None:
     device = torch.device("cuda")
     xtam = XTAM(128, 4).to(device).train()
     features = torch.randn(2, 128, 256, 512, device=device)
-    report = benchmark.sdpa_kernels(xtam, features, features, device)
+    report = attention.sdpa_kernels(xtam, features, features, device)
     assert report["forced_backends"]["EFFICIENT_ATTENTION/fp32"] == "runs"
     assert report["forced_backends"]["FLASH_ATTENTION/bf16"] == "runs"
     assert not any("math" in op for ops in report["ops"].values() for op in ops)
