@@ -31,7 +31,7 @@ STEP_OVERRIDES = {"supervised": [], "uda": [],
 
 def tiny_config(subject: str, tmp_path: Path, *extra: str):
     return bench_cases.case_config(plan.SUBJECTS[subject], plan.VARIANTS["default"], (32, 64), 2, CPU,
-                                 tmp_path, [*TINY_MODEL, *STEP_OVERRIDES[subject], *extra])
+                                   tmp_path, [*TINY_MODEL, *STEP_OVERRIDES[subject], *extra])
 
 
 @pytest.fixture()

@@ -9,6 +9,10 @@ import pytest
 import torch
 from torch import nn
 
+from mtlda.benchmarking import plan, random_data
+from mtlda.benchmarking.cases import case_config
+from mtlda.scenarios.engine import Engine
+from mtlda.scenarios.registry import scenario_class
 from mtlda.weighting import (
     WEIGHTINGS,
     NonFiniteGradientError,
@@ -533,3 +537,18 @@ def test_non_finite_gradients_skip_the_scaler_step_or_raise():
     losses["a"] = losses["a"] * math.inf
     with pytest.raises(NonFiniteGradientError, match=r"task\(s\) \['a'\]: lower the learning rates"):
         weighted_backward(method, losses, model.shared(), model.specific())
+
+
+@pytest.mark.parametrize("name", ["uncertainty", "pcgrad"])
+def test_a_training_step_logs_the_task_weights(name, tmp_path):
+    cfg = case_config(plan.SUBJECTS["supervised"], plan.VARIANTS["default"], (32, 64), 2, torch.device("cpu"),
+                      tmp_path, ["model.backbone=resnet18", "model.decoder_channels=[8,8,16,16,16]",
+                                 "model.aspp_rates=[1,2,3]", f"tasks.weighting={{name: {name}}}"])
+    engine = Engine(cfg, tmp_path, torch.device("cpu"), show_progress=False)
+    scenario = random_data.with_random_data(scenario_class(cfg.scenario))(cfg, engine, True)
+    engine.attach(scenario)
+    out = scenario.train_step(next(scenario.train_batches(0)), engine)
+    logged = {key: float(value) for key, value in out.terms.items() if key.startswith("weights/")}
+    assert set(logged) == {"weights/depth", "weights/semseg"}
+    for task, loss in scenario._step_losses.items():
+        assert float(out.terms[f"{task}/weighted"]) == pytest.approx(logged[f"weights/{task}"] * float(loss))

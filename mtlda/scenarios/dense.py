@@ -209,6 +209,8 @@ class DenseScenario(Scenario):
             weights = weighted_backward(self.weighting, losses, shared, specific, scaler)
             total = torch.stack([weights[name] * loss.detach() for name, loss in losses.items()]).sum()
         terms.update({f"{name}/weighted": weights[name] * loss.detach() for name, loss in losses.items()})
+        terms.update({f"weights/{name}": torch.as_tensor(weights[name], device=loss.device).detach()
+                      for name, loss in losses.items()})
         total = total.detach() if extra is None else (total + extra).detach()
         terms["total"] = total
         return total
