@@ -47,20 +47,6 @@ class RawOutputs(nn.Module):
         return tuple(predictions[(task, 0)] for task in self.tasks)
 
 
-def decoding(cfg: ExperimentConfig, task: str) -> str:
-    """How to turn the raw output of ``task`` into its physical prediction, with the checkpoint's constants."""
-    rules = {
-        "semseg": "logits: class = argmax over channels, probabilities = softmax over channels",
-        "depth": f"scaled inverse depth y: metres = {cfg.tasks.depth_inv_scale} / max(y, 1e-6) - "
-                 f"{cfg.tasks.depth_inv_offset}",
-        "normals": "unnormalised normal v: n = v / |v|, camera frame (x right, y down, z forward), facing the camera",
-        "edges": "edge logit: probability = sigmoid",
-        "disp": f"sigmoid disparity s: depth = 1 / ({1 / cfg.sde.max_depth:g} + "
-                f"({1 / cfg.sde.min_depth:g} - {1 / cfg.sde.max_depth:g}) * s), up to scale",
-    }
-    return rules.get(task, "raw head output; see the task's decode() in mtlda.tasks")
-
-
 def load_trained_model(checkpoint: str | os.PathLike) -> tuple[MultiTaskNet, ExperimentConfig]:
     """The network of an mtlda checkpoint on the CPU in eval mode, and its config (no pretrained weights fetched:
     the checkpoint has them all)."""
@@ -85,7 +71,8 @@ def export_model(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike
     outputs (both written atomically); returns that description."""
     if fmt not in EXPORT_FORMATS:
         raise UserInputError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
-    model, cfg = load_trained_model(checkpoint)
+    predictor = load_model(checkpoint, "cpu", ("model.pretrained=none",))
+    model, cfg = predictor.network.eval(), predictor.config
     height = height or cfg.data.val_height or cfg.data.height
     width = width or cfg.data.val_width or cfg.data.width
     model.valid_input_size(height, width)
@@ -99,7 +86,7 @@ def export_model(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike
         "format": fmt,
         "checkpoint": str(checkpoint),
         "input": {"name": "image", "shape": ["B", 3, height, width], "dtype": "float32", "range": "RGB in [0, 1]"},
-        "outputs": [{"name": task, "shape": ["B", *shape], "decoding": decoding(cfg, task)}
+        "outputs": [{"name": task, "shape": ["B", *shape], "decoding": predictor.tasks[task].decoding_rule()}
                     for task, shape in zip(wrapper.tasks, shapes)],
     }
     write_text_atomic(f"{out}.json", json.dumps(description, indent=2) + "\n")

@@ -136,9 +136,9 @@ def report(cfg: ExperimentConfig, scenario: DenseScenario, results: Mapping[str,
     lines = [f"## {cfg.name}: {key.dataset} ({key.classes} classes) at {key.resolution}, validation split "
              f"'{cfg.data.val_split}'" + (f", {key.setting}" if key.setting else ""), "",
              results_table(rows, tasks, deltas, ref_spread), ""]
-    semseg = results.get("semseg")
-    if semseg and "semseg" in scenario.tasks:
-        lines += ["Per-class IoU %:", "", per_class_table({title: semseg}, scenario.tasks["semseg"].class_names), ""]
+    for name, task in scenario.tasks.items():
+        if task.class_names and results.get(name):
+            lines += ["Per-class IoU %:", "", per_class_table({title: results[name]}, task.class_names), ""]
     lines += ["Protocol:", protocol_block(protocols)]
     if multi and delta is not None:
         lines.append(f"- Δ_MTL: the paper's multi-task delta vs the mean of the single-task references above "

@@ -30,7 +30,8 @@ class Task(ABC):
     how the data layer resizes, pads and flips the target; None for a task scored against another task's target),
     ``main_metric`` (the metric of the
     multi-task delta and of the trivial-baseline comparison) and ``columns`` ((metric, label, higher is better)
-    shown in results tables). Instances set ``out_channels`` and ``higher_is_better`` (metric -> True when larger is better).
+    shown in results tables). Instances set ``out_channels`` and ``higher_is_better`` (metric -> True when larger is
+    better), and ``class_names`` when the task predicts classes (its results then have ``iou_<class>`` entries).
     """
 
     name: ClassVar[str]
@@ -40,6 +41,7 @@ class Task(ABC):
     columns: ClassVar[tuple[tuple[str, str, bool], ...]] = ()
     out_channels: int
     higher_is_better: dict[str, bool]
+    class_names: list[str] | tuple[str, ...] = ()
 
     @classmethod
     @abstractmethod
@@ -82,6 +84,10 @@ class Task(ABC):
     @abstractmethod
     def decode(self, pred_raw: Tensor) -> Tensor:
         """Physical prediction of the raw head output (same resolution)."""
+
+    def decoding_rule(self) -> str:
+        """How to turn the raw head output into the physical prediction outside mtlda (export descriptions)."""
+        return f"raw head output; see {type(self).__name__}.decode() in mtlda.tasks"
 
     def output_map(self, decoded: Tensor) -> Tensor:
         """The user-facing form of one decoded (1, C, H, W) prediction: (H, W) for one channel, else (C, H, W)."""

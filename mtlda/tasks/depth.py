@@ -86,6 +86,9 @@ class DepthTask(DepthMapTask):
         valid = self.mask(batch)
         return berhu_loss(resize_to(pred_raw, depth.shape[-2:]), self.encode(depth, valid), valid)
 
+    def decoding_rule(self) -> str:
+        return f"scaled inverse depth y: metres = {self.inv_scale} / max(y, 1e-6) - {self.inv_offset}"
+
     def decode(self, pred_raw: Tensor) -> Tensor:
         """(B, 1, h, w) metres d = s / max(y, 1e-6) - c."""
         self.check_raw(pred_raw)

@@ -54,6 +54,10 @@ class DisparityTask(DepthMapTask):
             "the disparity task has no supervised loss: it is trained by the photometric loss of the sde scenario"
         )
 
+    def decoding_rule(self) -> str:
+        near, far = 1 / self.min_depth, 1 / self.max_depth
+        return f"sigmoid disparity s: depth = 1 / ({far:g} + ({near:g} - {far:g}) * s), up to scale"
+
     def decode(self, pred_raw: Tensor) -> Tensor:
         """(B, 1, h, w) metres of a sigmoid disparity (B, 1, h, w), within [min_depth, max_depth]."""
         self.check_raw(pred_raw)

@@ -40,6 +40,9 @@ class EdgesTask(Task):
         edges = self.target(batch)
         return weighted_edge_bce(resize_to(pred_raw, edges.shape[-2:]), edges.to(pred_raw.dtype), self.mask(batch))
 
+    def decoding_rule(self) -> str:
+        return "edge logit: probability = sigmoid"
+
     def decode(self, pred_raw: Tensor) -> Tensor:
         """(B, 1, h, w) edge probability."""
         self.check_raw(pred_raw)

@@ -41,6 +41,9 @@ class NormalsTask(Task):
         normals = self.target(batch)
         return normals_cosine_loss(resize_to(pred_raw, normals.shape[-2:]), normals, self.mask(batch))
 
+    def decoding_rule(self) -> str:
+        return "unnormalised normal v: n = v / |v|, camera frame (x right, y down, z forward), facing the camera"
+
     def decode(self, pred_raw: Tensor) -> Tensor:
         """(B, 3, h, w) unit normals."""
         self.check_raw(pred_raw)

@@ -56,6 +56,9 @@ class SemsegTask(Task):
         labels = self.target(batch)
         return cross_entropy_loss(resize_to(pred_raw, labels.shape[-2:]), labels)
 
+    def decoding_rule(self) -> str:
+        return "logits: class = argmax over channels, probabilities = softmax over channels"
+
     def decode(self, pred_raw: Tensor) -> Tensor:
         """(B, C, h, w) class probabilities."""
         self.check_raw(pred_raw)
