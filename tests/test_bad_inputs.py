@@ -423,9 +423,10 @@ CASES = [
     Case("config: unknown UDA pair", lambda e: ["uda", *e.tiny, "--src", "vkitti2", "--tgt", "toycity"],
          r"no experiments for vkitti2 -> toycity; pairs: toycity -> toycity"),
     Case("config: unknown scenario", lambda e: ["train", *e.tiny, *sets("scenario=supervized")],
-         r"unknown scenario 'supervized' \(did you mean 'supervised'\?\); registered: sde, supervised, uda"),
+         r"unknown scenario 'supervized' \(did you mean 'supervised'\?\); registered: (\w+, )*sde, supervised, uda"),
     Case("config: unknown model.block", lambda e: ["train", *e.tiny, *sets("model.block=mtb")],
-         r"unknown exchange block \(model\.block\) 'mtb' \(did you mean 'mteb'\?\); registered: mteb, none, padnet"),
+         r"unknown exchange block \(model\.block\) 'mtb' \(did you mean 'mteb'\?\); "
+         r"registered: (\w+, )*mteb, none, padnet"),
     Case("config: unknown model.architecture", lambda e: ["train", *e.tiny, *sets("model.architecture=4ways")],
          r"unknown decoder architecture \(model\.architecture\) '4ways' \(did you mean '3ways'\?\)"),
     Case("config: unknown model.attention", lambda e: ["train", *e.tiny, *sets("model.attention=spacial")],
