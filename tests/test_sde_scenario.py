@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import mtlda
+from mtlda.commands.sde import initial_results
 from mtlda.config import load_config
 from mtlda.data.batch import Batch
 from mtlda.errors import UserInputError
@@ -127,6 +128,7 @@ def test_segmentation_alone_starts_from_the_pretrain_checkpoint_without_depth(pr
     assert all(torch.equal(v, saved[f"encoder.{k}"]) for k, v in fresh.encoder.state_dict().items())
     assert all(torch.equal(v, saved[f"decoders.disp.blocks.{k}"])
                for k, v in fresh.decoders["semseg"].blocks.state_dict().items())
+    assert set(initial_results(cfg)) == {"semseg"}  # the command's "at initialisation" row (no pose net to load)
     with pytest.raises(UserInputError, match="must include 0"):
         check_sde_config(sde_config(tmp, "pretrain.yaml", tmp_path / "bad", "sde.disp_scales=[]"), train=True)
 

@@ -77,7 +77,7 @@ def initial_results(cfg: ExperimentConfig) -> Results:
     with isolated_rng():
         engine, scenario = build_scenario(cfg, train=False, show_progress=False)
         if cfg.sde.stage == "multitask":
-            load_pretrained_depth(scenario.inference_model(), scenario.extra["pose"], cfg.sde.init_from,
+            load_pretrained_depth(scenario.inference_model(), scenario.extra.get("pose"), cfg.sde.init_from,
                                   engine.device)
         return scenario.evaluate_tasks(engine)
 
