@@ -76,7 +76,7 @@ class DataConfig:
     color_jitter: float = 0.0  # strength of brightness/contrast/saturation jitter (0: off)
     batch_size: int = field(default=8, metadata=at_least(1))  # global batch: divided across torchrun ranks
     val_batch_size: int = field(default=8, metadata=at_least(1))  # per rank
-    workers: int = field(default=0, metadata=at_least(-1))  # loader processes per rank; -1: auto (cores per rank - 1, <= 8; 0 below 4 cores)
+    workers: int = field(default=0, metadata=at_least(-1))  # per rank; -1: auto (cores per rank - 1, <= 8; 0 below 4)
     max_val_samples: int = field(default=0, metadata=at_least(0))  # 0: the whole split
     toycity: ToycityConfig = field(default_factory=ToycityConfig)
 
