@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -13,3 +17,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory, request) -> Iterator[Path]:
+    """A folder shared by one test module's tests and removed when the module ends: a toycity checkpoint is
+    100-330 MB, and the suite's runs would otherwise fill ~15 GB of disk (``tmp_path`` folders of passing tests
+    are removed at once: ``tmp_path_retention_policy`` in setup.cfg)."""
+    path = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -100,8 +100,8 @@ def call(argv: list[str]) -> int:
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory, one_thread) -> Shared:
-    data = Shared(tmp_path_factory.mktemp("shared"))
+def shared(module_tmp, one_thread) -> Shared:
+    data = Shared(module_tmp)
     assert call(["train", *data.tiny(data.run)]) == 0
     assert call(["export-weights", data.run / "last.pt", "--out", data.weights]) == 0
     ckpt = load_checkpoint(data.weights)

@@ -89,9 +89,9 @@ def test_python_m_mtlda_train_prints_the_config_outside_the_repository(tmp_path)
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, one_thread) -> Path:
+def trained(module_tmp, one_thread) -> Path:
     """The folder of a 2-iteration toycity run trained through ``mtlda train``."""
-    folder = tmp_path_factory.mktemp("tiny")
+    folder = module_tmp
     code = main(["train", *TINY, "--set", f"data.toycity.cache_dir={folder / 'cache'}",
                  "--set", f"references.file={folder / 'refs.yaml'}", "--workdir", str(folder / "run")])
     assert code == 0

@@ -87,8 +87,8 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("ddp")
+def runs(module_tmp) -> Path:
+    root = module_tmp
     for case in CASES:  # data written once, before the processes start
         cfg = config(root, case, "single", 4)
         build_dataset(cfg.data, "train", train=False, tasks=["semseg"])

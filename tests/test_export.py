@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
+def checkpoint(module_tmp) -> Path:
     """A toycity-sized S-D-N mTEB model (ResNet-18, decoder [16, 16, 32, 64, 64], 64x128) with every branch live."""
     cfg = load_config(ROOT / "experiments/supervised/toycity/sdn_mteb.yaml", ["data.height=64", "data.width=128"])
     torch.manual_seed(0)
@@ -31,7 +31,7 @@ def checkpoint(tmp_path_factory) -> Path:
     for name, parameter in model.named_parameters():
         if name.endswith(".alpha"):
             parameter.data.uniform_(0.5, 1.5)
-    path = tmp_path_factory.mktemp("export") / "model.pt"
+    path = module_tmp / "model.pt"
     save_checkpoint({"modules": {"model": model.state_dict()}, "config": to_dict(cfg), "iteration": 0}, path)
     return path
 

@@ -29,9 +29,9 @@ def config(tmp: Path, experiment: str, run: str, *extra: str):
 
 
 @pytest.fixture(scope="module")
-def tmp(tmp_path_factory):
+def tmp(module_tmp):
     threads = torch.get_num_threads()
-    yield tmp_path_factory.mktemp("extensions")
+    yield module_tmp
     torch.set_num_threads(threads)
 
 

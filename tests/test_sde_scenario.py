@@ -62,9 +62,9 @@ def initial_abs_rel(cfg) -> float:
 
 
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
+def pretrained(module_tmp):
     """A pretrain run of PRETRAIN_STEPS steps: (tmp folder, config, final metrics, AbsRel at initialisation)."""
-    tmp = tmp_path_factory.mktemp("sde")
+    tmp = module_tmp
     cfg = sde_config(tmp, "pretrain.yaml", tmp / "pretrain", f"train.iterations={PRETRAIN_STEPS}",
                      f"train.val_every={PRETRAIN_STEPS}")
     _, _, metrics = train(cfg)
