@@ -38,6 +38,7 @@ class ModelConfig:
     self_attention: bool = True  # xTAM's PAD-Net-style self-attention branch
     use_alpha: bool = True  # per-channel alpha (initialised to 0) on the attention branch
     fusion: str = "add"  # add | prod | concat
+    block_gate: bool = False  # blocks enter as f + g * (block(f) - f), g per channel from 0 (start as identity)
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (every backend)
     checkpointing: str = "none"  # activation checkpointing: none | encoder | all (trades time for memory)
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mtlda.models.exchange import MTEB, XTAM, PadNetBlock, attention, attention_downscale, explicit_attention
+from mtlda.models.exchange import (
+    MTEB,
+    XTAM,
+    GatedBlock,
+    PadNetBlock,
+    attention,
+    attention_downscale,
+    explicit_attention,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -139,6 +147,41 @@ def test_padnet_block_adds_gated_messages_from_the_other_tasks() -> None:
         message = gate.feature_conv(features["depth"]) * torch.sigmoid(gate.mask_conv(features["depth"]))
         expected = features["semseg"] + message + block.pairs["normals_to_semseg"](features["normals"])
     torch.testing.assert_close(out["semseg"], expected)
+
+
+@pytest.mark.parametrize("block", ["mteb", "padnet"])
+def test_a_gated_block_starts_as_the_identity_and_learns_its_gate(block: str) -> None:
+    torch.manual_seed(0)
+    inner = MTEB(["depth", "semseg"], 16, downscale=2) if block == "mteb" else PadNetBlock(["depth", "semseg"], 16)
+    gated = GatedBlock(inner, 16).eval()
+    features = {"depth": _features(seed=1), "semseg": _features(seed=2)}
+    out = gated(features)
+    for task in features:
+        assert torch.equal(out[task], features[task])
+    sum(v.square().sum() for v in out.values()).backward()
+    assert all(g.grad is not None and g.grad.abs().sum() > 0 for g in gated.gate.values())
+    with torch.no_grad():
+        for g in gated.gate.values():
+            g.fill_(1.0)
+        full, plain = gated(features), inner(features)
+    for task in features:
+        torch.testing.assert_close(full[task], plain[task])
+
+
+def test_block_gate_wraps_every_exchange_block_of_the_network() -> None:
+    from mtlda.models.decoder import HeadSpec
+    from mtlda.models.network import build_network
+    from mtlda.schema import ModelConfig
+
+    heads = {"semseg": HeadSpec(9, (0,)), "depth": HeadSpec(1, (0,))}
+    plain = build_network(ModelConfig(decoder_channels=[16, 16, 32, 64, 64]), heads)
+    gated = build_network(ModelConfig(decoder_channels=[16, 16, 32, 64, 64], block_gate=True), heads)
+    assert all(isinstance(b, GatedBlock) for b in gated.exchange.values())
+    assert not any(isinstance(b, GatedBlock) for b in plain.exchange.values())
+    names = {n for n, _ in gated.named_parameters() if ".gate." in n}
+    assert names == {"exchange.1.gate.depth", "exchange.1.gate.semseg"}
+    assert {id(p) for p in gated.param_groups()["exchange"]} >= {id(p) for n, p in gated.named_parameters()
+                                                                 if n in names}
 
 
 def test_exchange_parameter_counts_match_the_official_model() -> None:

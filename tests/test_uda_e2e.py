@@ -95,3 +95,21 @@ def test_the_same_data_set_as_source_and_target_is_refused(tmp_path):
     engine = Engine(cfg, tmp_path / "run", torch.device("cpu"), show_progress=False)
     with pytest.raises(UserInputError, match="the same data set"):
         UDAScenario(cfg, engine)
+
+
+def test_adaptation_beats_source_only_on_the_target(tmp_path):
+    """The fast learning test of the method: textured -> flat toycity segmentation (STL-UDA), 64 scenes per domain
+    at 64x128, 100 steps, seed 0. Measured (seeds 0, 1, 2; 57 s and 25 s on 2 cores): adapted target mIoU 37.9,
+    42.1, 37.6 %; source-only 17.1, 27.3, 23.1 %."""
+    sets = ["data.toycity.style=flat", "data.toycity.seed=0", "uda.source.toycity.style=textured",
+            "uda.source.toycity.seed=1", "train.iterations=100", "train.val_every=100", "train.checkpoint_every=0",
+            "train.image_every=0", "train.threads=2", f"references.file={tmp_path / 'refs.yaml'}"]
+    for domain in ("data", "uda.source"):
+        sets += [f"{domain}.toycity.num_train=64", f"{domain}.toycity.num_val=20",
+                 f"{domain}.toycity.cache_dir={tmp_path / 'cache'}"]
+    miou = {}
+    for run in ("s_stl", "s_stl_source-only"):
+        cfg = load_config(f"experiments/uda/toycity/{run}.yaml", [*sets, f"workdir={tmp_path / run}"])
+        _, scenario, _ = train(cfg)
+        miou[run] = scenario.last_results["semseg"]["miou"]
+    assert miou["s_stl"] > miou["s_stl_source-only"] + 8.0, miou

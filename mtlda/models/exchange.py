@@ -270,3 +270,20 @@ class PadNetBlock(nn.Module):
             ]
             refined[target] = features[target] + torch.stack(messages).sum(dim=0)
         return refined
+
+
+class GatedBlock(nn.Module):
+    """An exchange block entered through a per-task, per-channel gate initialised to 0 (ReZero, Bachlechner et al.
+    2021): dict[task, (B, C, H, W)] -> f + gate[task] * (block(f)[task] - f), so the block starts as the identity
+    and a block inserted into a pretrained decoder does not perturb it at the first step."""
+
+    def __init__(self, block: nn.Module, channels: int) -> None:
+        super().__init__()
+        self.block = block
+        self.tasks = block.tasks
+        self.downscale = block.downscale
+        self.gate = nn.ParameterDict({task: nn.Parameter(torch.zeros(1, channels, 1, 1)) for task in self.tasks})
+
+    def forward(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        refined = self.block(features)
+        return {task: features[task] + self.gate[task] * (refined[task] - features[task]) for task in self.tasks}

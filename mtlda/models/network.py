@@ -32,7 +32,7 @@ from mtlda.models.checkpointing import CHECKPOINTING, run_segment
 from mtlda.models.decoder import NUM_BLOCKS, HeadSpec, TaskDecoder, decoder_block_strides
 from mtlda.models.deeplab import DeepLabDecoder
 from mtlda.models.encoder import ResNetEncoder
-from mtlda.models.exchange import ATTENTION_KINDS, FUSIONS, PadNetBlock
+from mtlda.models.exchange import ATTENTION_KINDS, FUSIONS, GatedBlock, PadNetBlock
 from mtlda.models.padnet import PADNET_CHANNELS, PadNetDecoder
 from mtlda.registry import Registry
 from mtlda.schema import ModelConfig
@@ -178,7 +178,7 @@ def build_3ways(cfg: ModelConfig, encoder: ResNetEncoder, heads: Mapping[str, He
         for stage in cfg.stages:
             block = EXCHANGE_BLOCKS.get(cfg.block)(tuple(tasks), cfg.decoder_channels[stage], block_strides[stage], cfg)
             if block is not None:
-                exchange[stage] = block
+                exchange[stage] = GatedBlock(block, cfg.decoder_channels[stage]) if cfg.block_gate else block
     return decoders, exchange
 
 
