@@ -113,6 +113,23 @@ def test_multitask_stage_starts_from_the_depth_decoder(pretrained):
     assert semseg_head.weight.shape[0] == scenario.info.num_classes
 
 
+def test_a_gated_exchange_block_starts_from_the_pretrained_depth(pretrained):
+    """With ``model.block_gate`` the multi-task model at its first step predicts the pretrain model's disparity:
+    the new mTEB starts as the identity on the depth decoder's features."""
+    tmp, pre_cfg, _, _ = pretrained
+    checkpoint = Path(pre_cfg.workdir) / "last.pt"
+    image = torch.rand(2, 3, 32, 64, generator=torch.Generator().manual_seed(0))
+    pre = SDEScenario(pre_cfg, Engine(pre_cfg, tmp / "pre-eval", torch.device("cpu"), show_progress=False),
+                      train=False, with_data=False).model
+    pre.load_state_dict(load_checkpoint(checkpoint)["modules"]["model"])
+    cfg = sde_config(tmp, "sd_mteb.yaml", tmp / "gated", f"sde.init_from={checkpoint}", "model.block_gate=true")
+    model = SDEScenario(cfg, Engine(cfg, Path(cfg.workdir), torch.device("cpu"), show_progress=False)).model
+    assert model.exchange
+    with torch.no_grad():
+        disparity, expected = model.eval()(image)[("disp", 0)], pre.eval()(image)[("disp", 0)]
+    torch.testing.assert_close(disparity, expected, rtol=0, atol=1e-6)  # float summation order only
+
+
 def test_segmentation_alone_starts_from_the_pretrain_checkpoint_without_depth(pretrained, tmp_path):
     tmp, pre_cfg, _, _ = pretrained
     checkpoint = Path(pre_cfg.workdir) / "last.pt"
