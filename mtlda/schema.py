@@ -156,6 +156,9 @@ class SDEConfig:
     disp_scales: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
     supervised_scales: list[int] = field(default_factory=lambda: [0, 2])  # heads of the supervised tasks
     pose_backbone: str = "resnet18"
+    # added to the pose net's initial translation output (frame t -> t+1): [0, 0, -1e-3] starts from forward
+    # motion; zeros: Monodepth2's start near the identity
+    pose_init_translation: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
 
 
 @dataclass

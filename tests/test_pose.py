@@ -79,6 +79,24 @@ def test_zero_prediction_layer_gives_identity_relative_poses(frames):
             torch.testing.assert_close(net.relative_pose(*frames, offset), torch.eye(4).expand(2, 4, 4))
 
 
+def test_initial_translation_starts_from_forward_motion(frames):
+    """With the last layer's weights zeroed, the pose is exactly the initial translation: T_{t -> t+1} moves points
+    by (0, 0, -step) (the camera moved forward), and the past frame's pose is its inverse."""
+    torch.manual_seed(0)
+    net = PoseNet("resnet18", initial_translation=(0.0, 0.0, -1e-3)).eval()
+    with torch.no_grad():
+        net.decoder.predict.weight.zero_()
+        net.decoder.predict.bias[:3].zero_()
+        future, past = net.relative_pose(*frames, 1), net.relative_pose(*frames, -1)
+    expected = torch.eye(4).expand(2, 4, 4).clone()
+    expected[:, 2, 3] = -1e-3
+    torch.testing.assert_close(future, expected)
+    expected[:, 2, 3] = 1e-3
+    torch.testing.assert_close(past, expected)
+    with pytest.raises(ValueError, match="3 values"):
+        PoseNet("resnet18", initial_translation=(0.0, -1e-3))
+
+
 def test_gradients_reach_the_encoder(frames):
     net = PoseNet("resnet18")
     pose = net.relative_pose(*frames, offset=-1)

@@ -9,6 +9,8 @@ later frame; :meth:`PoseNet.relative_pose` inverts it for past source frames.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -22,15 +24,22 @@ class PoseDecoder(nn.Module):
     """Last encoder map (B, in_channels, h, w) -> one pose (B, 6): axis-angle (3) then translation (3).
 
     1x1 squeeze to 256 + ReLU, two 3x3 256 -> 256 convs + ReLU, 1x1 to 6, spatial mean, times 0.01.
+    ``initial_translation``, when not zero, is the last conv's translation bias (the mean translation output at
+    initialisation): (0, 0, -t) starts from forward motion along the optical axis, as a driving camera moves.
     """
 
-    def __init__(self, in_channels: int) -> None:
+    def __init__(self, in_channels: int, initial_translation: Sequence[float] = (0.0, 0.0, 0.0)) -> None:
         super().__init__()
         self.squeeze = nn.Conv2d(in_channels, 256, kernel_size=1)
         self.conv1 = nn.Conv2d(256, 256, kernel_size=3, padding=1)
         self.conv2 = nn.Conv2d(256, 256, kernel_size=3, padding=1)
         self.predict = nn.Conv2d(256, 6, kernel_size=1)
         self.relu = nn.ReLU()
+        if len(initial_translation) != 3:
+            raise ValueError(f"initial_translation needs 3 values (x, y, z), got {list(initial_translation)}")
+        if any(initial_translation):
+            with torch.no_grad():
+                self.predict.bias[3:] = torch.tensor(initial_translation) / POSE_OUTPUT_SCALE
 
     def forward(self, features: Tensor) -> Tensor:
         x = self.relu(self.squeeze(features))
@@ -46,11 +55,12 @@ class PoseNet(nn.Module):
     is tiled over the two frames and halved).
     """
 
-    def __init__(self, backbone: str = "resnet18", pretrained: str = "none", input_norm: str = "imagenet") -> None:
+    def __init__(self, backbone: str = "resnet18", pretrained: str = "none", input_norm: str = "imagenet",
+                 initial_translation: Sequence[float] = (0.0, 0.0, 0.0)) -> None:
         super().__init__()
         self.encoder = ResNetEncoder(backbone, pretrained, dilation=(False, False, False), num_frames=2,
                                      input_norm=input_norm)
-        self.decoder = PoseDecoder(self.encoder.num_channels[-1])
+        self.decoder = PoseDecoder(self.encoder.num_channels[-1], initial_translation)
 
     def forward(self, frame_a: Tensor, frame_b: Tensor) -> tuple[Tensor, Tensor]:
         """Motion from ``frame_a`` to the later ``frame_b``, both (B, 3, H, W) RGB in [0, 1].

@@ -65,15 +65,18 @@ def check_sde_config(cfg: ExperimentConfig, train: bool) -> None:
         if "depth" in check_codes(list(cfg.tasks.names)):
             raise UserInputError(f"the sde multi-task stage learns depth without labels: leave D out of tasks.names "
                                  f"(got {cfg.tasks.names})")
+    if len(sde.pose_init_translation) != 3:
+        raise UserInputError(f"sde.pose_init_translation needs 3 values (x, y, z), got {sde.pose_init_translation}: "
+                             "e.g. [0, 0, -1.0e-3] (forward motion) or [0, 0, 0]")
     if train and sde.disp_scales and not cfg.data.frames:
         raise UserInputError("the sde scenario learns depth from neighbouring frames: set data.frames=[-1, 1]")
 
 
 def build_pose_net(cfg: ExperimentConfig) -> PoseNet:
     """PoseNet on ``sde.pose_backbone``, ImageNet-initialised when the main encoder is (``model.pretrained``), with
-    the main encoder's input normalisation."""
+    the main encoder's input normalisation and ``sde.pose_init_translation`` as its initial translation."""
     return PoseNet(cfg.sde.pose_backbone, "imagenet" if cfg.model.pretrained == "imagenet" else "none",
-                   cfg.model.input_norm)
+                   cfg.model.input_norm, cfg.sde.pose_init_translation)
 
 
 class SequencePoses(nn.Module):
