@@ -220,6 +220,17 @@ class ReferenceBook:
         directions = delta_directions(self.tasks)
         return multitask_delta(results, means, directions), delta_uncertainty(results, means, errors, directions)
 
+    def budget_warning(self, iterations: int) -> str | None:
+        """A warning when the references of this multi-task run were trained for another number of iterations than
+        ``iterations`` (its delta would compare different training budgets); None when they match or are missing."""
+        refs = self.references() if self.multitask else {}
+        other = sorted({ref.iterations for ref in refs.values() if ref.iterations != iterations})
+        if not other:
+            return None
+        return (f"warning: the single-task references were trained for {'/'.join(map(str, other))} iterations, "
+                f"this run for {iterations}: its Δ_MTL compares different training budgets (re-record the "
+                "references at this budget)")
+
     def record(self, results: Results, iterations: int) -> list[Reference]:
         """Store this single-task reference run's metrics (this seed) in the references file."""
         if not self.cfg.references.is_reference:

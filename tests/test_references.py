@@ -96,6 +96,19 @@ def test_the_multitask_delta_uses_the_reference_means_and_reports_its_standard_e
         {"semseg": {"miou": 66.0}, "depth": {"rmse": 4.0}}) is None
 
 
+def test_a_delta_against_references_of_another_training_budget_is_flagged(tmp_path):
+    book(config(tmp_path, "S")).record({"semseg": {"miou": 60.0}}, 150)
+    book(config(tmp_path, "D", "name=toycity_d_stl")).record({"depth": {"rmse": 4.0}}, 400)
+    multi = book(config(tmp_path, "S, D", "references.is_reference=false", "name=toycity_sd_mteb"))
+    assert "trained for 150 iterations, this run for 400" in multi.budget_warning(400)
+    assert "150/400 iterations" in multi.budget_warning(300)
+    same = tmp_path / "same"
+    book(config(same, "S")).record({"semseg": {"miou": 60.0}}, 400)
+    book(config(same, "D", "name=toycity_d_stl")).record({"depth": {"rmse": 4.0}}, 400)
+    multi = book(config(same, "S, D", "references.is_reference=false", "name=toycity_sd_mteb"))
+    assert multi.budget_warning(400) is None
+
+
 def test_the_packaged_file_is_found_from_any_folder_and_a_protocol_change_is_an_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert references_path(load_config(None)) == PACKAGED_REFERENCES and PACKAGED_REFERENCES.is_file()

@@ -143,6 +143,10 @@ def report(cfg: ExperimentConfig, scenario: DenseScenario, results: Mapping[str,
     if multi and delta is not None:
         lines.append(f"- Δ_MTL: the paper's multi-task delta vs the mean of the single-task references above "
                      f"({ref_sources}; main metric per task), ± its standard error from the references' seeds")
+        budget = scenario.references.budget_warning(cfg.train.iterations)
+        if budget:
+            lines.append(f"- {budget}")
+            print(budget, file=sys.stderr)
     elif multi:
         lines.append(f"- Δ_MTL not shown: the {key.describe()} are not all recorded in {scenario.references.path} "
                      f"(train each single-task reference experiment with --record-reference)")
