@@ -122,14 +122,14 @@ SPEED_OPTIONS = ("plain", "default", "channels_last", "fused_optimizer")
 @pytest.mark.slow
 def test_speed_options_train_like_the_plain_configuration(cache, tmp_path: Path) -> None:
     """The engine's losses over real toycity steps of the demo model, with and without channels_last and the fused
-    optimiser, agree to 1e-5 (float32 rounding differs: channels_last sums in another order)."""
+    optimiser, agree to 1e-5 (float32 rounding differs: channels_last sums in another order, and the fused Adam kernel
+    rounds differently from the for-each one: bitwise equal at some learning rates, 1e-8 apart at others)."""
     comparison = plan.Comparison("options", "demo", plan.QUICK_SIZE, 4, SPEED_OPTIONS, 0, 1)
     cases = [bench_cases.build_case(comparison, plan.VARIANTS[name], CPU, tmp_path / name)
              for name in SPEED_OPTIONS]
     losses = {case.variant: _losses(case, 3) for case in cases}
     for name, values in losses.items():
         torch.testing.assert_close(values, losses["plain"], rtol=1e-5, atol=0, msg=name)
-    assert losses["fused_optimizer"] == losses["plain"]
 
 
 @pytest.mark.slow
