@@ -15,6 +15,7 @@ H and W are fixed at export (the checkpoint's evaluation size unless given); the
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import warnings
@@ -71,6 +72,9 @@ def export_model(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike
     outputs (both written atomically); returns that description."""
     if fmt not in EXPORT_FORMATS:
         raise UserInputError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    if fmt == "onnx" and importlib.util.find_spec("onnxscript") is None:
+        raise UserInputError('ONNX export needs the onnxscript package: pip install "mtlda[onnx]" (or export with '
+                             "--format torchscript)")
     predictor = load_model(checkpoint, "cpu", ("model.pretrained=none",))
     model, cfg = predictor.network.eval(), predictor.config
     height = height or cfg.data.val_height or cfg.data.height

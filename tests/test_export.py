@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from mtlda.config import load_config, to_dict
+from mtlda.errors import UserInputError
 from mtlda.export import RawOutputs, export_model, load_trained_model
 from mtlda.scenarios.checkpoint import save_checkpoint
 from mtlda.weights.targets import build_experiment_model
@@ -56,8 +58,7 @@ def test_torchscript_export_matches_the_eager_model(checkpoint: Path, tmp_path: 
 
 @pytest.mark.slow
 def test_onnx_export_matches_the_eager_model_in_onnxruntime(checkpoint: Path, tmp_path: Path) -> None:
-    pytest.importorskip("onnxscript", reason="torch.onnx.export(dynamo=True) needs onnxscript")
-    onnxruntime = pytest.importorskip("onnxruntime")
+    import onnxruntime  # a test dependency (setup.cfg), as onnxscript, which torch.onnx.export(dynamo=True) needs
     description = export_model(checkpoint, "onnx", tmp_path / "model.onnx")
     session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()] == [o["name"] for o in description["outputs"]]
@@ -72,3 +73,10 @@ def test_unsupported_sizes_and_formats_are_refused(checkpoint: Path, tmp_path: P
         export_model(checkpoint, "torchscript", tmp_path / "m.ts", height=60, width=128)
     with pytest.raises(ValueError, match="unknown export format"):
         export_model(checkpoint, "tflite", tmp_path / "m.tflite")
+
+
+def test_onnx_export_without_onnxscript_says_what_to_install(checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if not installed
+    with pytest.raises(UserInputError, match=r'pip install "mtlda\[onnx\]"'):
+        export_model(checkpoint, "onnx", tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()

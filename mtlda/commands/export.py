@@ -4,7 +4,7 @@ The exported model takes `image` (B, 3, H, W) float32 RGB in [0, 1] and returns 
 one per task in sorted task-name order (e.g. depth, normals, semseg). FILE.json, written beside it, lists the
 outputs with their shapes and how to decode each (e.g. depth in metres = s / max(y, 1e-6) - c). H and W are fixed
 at export (default: the checkpoint's evaluation size); the batch size is free. ONNX export needs the onnxscript
-package (pip install onnxscript); run the result with onnxruntime.
+package (pip install "mtlda[onnx]", which also installs onnxruntime to run the result).
 
 examples:
   python scripts/export.py runs/toycity_sdn_mteb/s0/best.pt --format onnx --out model.onnx
