@@ -146,7 +146,6 @@ def report(cfg: ExperimentConfig, scenario: DenseScenario, results: Mapping[str,
         budget = scenario.references.budget_warning(cfg.train.iterations)
         if budget:
             lines.append(f"- {budget}")
-            print(budget, file=sys.stderr)
     elif multi:
         lines.append(f"- Δ_MTL not shown: the {key.describe()} are not all recorded in {scenario.references.path} "
                      f"(train each single-task reference experiment with --record-reference)")
