@@ -338,9 +338,7 @@ def test_the_multitask_stage_keeps_a_learned_depth(tmp_path):
             f"workdir={workdir}", "device=cpu", "seed=0", "train.checkpoint_every=0", "train.image_every=0",
             "train.threads=2", *extra])
 
-    # the faster learning rates of the first release's pretrain: at the experiment's 5e-4 120 steps learn less
-    pre = small("pretrain.yaml", tmp_path / "pretrain", "train.iterations=120", "train.val_every=120",
-                "optim.lr.backbone=1e-3", "optim.lr.decoders=1e-3", "optim.lr.pose=3e-4")
+    pre = small("pretrain.yaml", tmp_path / "pretrain", "train.iterations=120", "train.val_every=120")
     _, _, pretrained = train(pre)
     assert pretrained["disp/abs_rel"] < 0.7 * initial_abs_rel(pre)
     multitask = small("sd_mteb.yaml", tmp_path / "mteb", "train.iterations=60", "train.val_every=60",
