@@ -106,12 +106,16 @@ def runs(module_tmp) -> Path:
 
 
 def assert_same_modules(a: Path, b: Path) -> None:
+    """Weights equal to 1e-5. BatchNorm running statistics to 1e-4 relative: the global-batch BatchNorm reduces
+    sums and sums of squares over ranks, one process a two-pass variance, and over a few steps the two float32
+    formulas drift apart by up to ~3e-5 relative (measured on 1 of 512 channels in one run)."""
     left, right = load_checkpoint(a)["modules"], load_checkpoint(b)["modules"]
     assert left.keys() == right.keys()
     for module in left:
         assert left[module].keys() == right[module].keys(), module
         for key, value in left[module].items():
-            torch.testing.assert_close(right[module][key].double(), value.double(), rtol=1e-5, atol=1e-5,
+            rtol = 1e-4 if key.endswith(("running_mean", "running_var")) else 1e-5
+            torch.testing.assert_close(right[module][key].double(), value.double(), rtol=rtol, atol=1e-5,
                                        msg=lambda text, name=f"{module}.{key}": f"{name}: {text}")
 
 
