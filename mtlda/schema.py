@@ -47,7 +47,7 @@ class ModelConfig:
 class ToycityConfig:
     """Built-in procedural street scenes, written in a real data set's format and read by its loader."""
 
-    style: str = "flat"  # flat | textured
+    style: str = "flat"  # flat | tinted | textured
     format: str = "cityscapes"  # cityscapes | synthia | vkitti2 | nyudv2
     num_train: int = field(default=240, metadata=at_least(1))
     num_val: int = field(default=60, metadata=at_least(1))

@@ -56,7 +56,7 @@ def test_class_tables():
     assert tc.CLASS_NAMES == ("road", "sidewalk", "building", "pole", "traffic sign", "vegetation", "sky",
                               "person", "car")
     assert tc.CITYSCAPES_LABEL_IDS == (7, 8, 11, 17, 20, 21, 23, 24, 26)
-    assert set(tc.STYLES) >= {"flat", "textured"}
+    assert set(tc.STYLES) >= {"flat", "tinted", "textured"}
     assert isinstance(tc.GENERATOR_VERSION, str) and tc.GENERATOR_VERSION
 
 
@@ -94,6 +94,36 @@ def test_styles_share_geometry_and_differ_in_colour():
         saturation_gap.append(saturation[0] - saturation[1])
     assert np.linalg.norm(np.mean(flat_means, 0) - np.mean(textured_means, 0)) > 0.1
     assert np.mean(saturation_gap) > 0.1
+
+
+def _class_chromaticity(frame: tc.Frame, label: int) -> np.ndarray:
+    rgb = frame.rgb[frame.labels == label].astype(np.float64) + 1.0
+    return (rgb / rgb.sum(1, keepdims=True)).mean(0)
+
+
+def test_the_tinted_style_gives_each_object_its_own_colour_without_texture():
+    road, vegetation, car = (tc.CLASS_NAMES.index(name) for name in ("road", "vegetation", "car"))
+    tinted_spread, flat_spread = [], []
+    for label in (road, vegetation, car):
+        tinted, flat = [], []
+        for index in range(4):
+            a = tc.render_sample(index, style="tinted", height=H, width=W)[0]
+            b = tc.render_sample(index, style="flat", height=H, width=W)[0]
+            for name in ("depth", "valid", "labels", "normals", "edges"):
+                assert np.array_equal(getattr(a, name), getattr(b, name)), name
+            if (a.labels == label).sum() > 20:
+                tinted.append(_class_chromaticity(a, label))
+                flat.append(_class_chromaticity(b, label))
+        assert len(tinted) >= 2, tc.CLASS_NAMES[label]
+        tinted_spread.append(np.ptp(tinted, axis=0).max())
+        flat_spread.append(np.ptp(flat, axis=0).max())
+    # flat: the class decides the colour (same chromaticity in every scene); tinted: each object draws its own
+    assert max(flat_spread) < 0.01 and min(tinted_spread) > 0.02
+    sky = tc.render_sample(0, style="tinted", height=H, width=W)[0]
+    sky_rgb = sky.rgb[sky.labels == tc.CLASS_NAMES.index("sky")]
+    assert len(sky_rgb) and np.ptp(sky_rgb, axis=0).max() == 0  # a plain sky: no gradient, clouds or noise
+    road_rgb = sky.rgb[sky.labels == road].astype(np.float64)
+    assert road_rgb.std(0).max() < 3.0  # the road is one shaded colour: no markings or grain
 
 
 def test_unknown_style_and_bad_arguments_raise():

@@ -11,10 +11,11 @@ and the camera sits at Z = ``CAMERA_HEIGHT``. Pixel conventions follow ``mtlda.g
 integer (u, v), ``K = [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]``.
 
 Styles share the geometry exactly and differ only in appearance: ``"flat"`` (one saturated colour per class,
-mild shading) and ``"textured"`` (procedural textures, per-object colours, low sun, fog, colour shift, noise).
+mild shading), ``"tinted"`` (each object's own natural colour, mild shading, no texture) and ``"textured"``
+(procedural textures, per-object colours, low sun, fog, colour shift, noise).
 
 Modules by job: :mod:`~mtlda.data.toycity.scene` (street layout and conventions),
-:mod:`~mtlda.data.toycity.raycast` (camera model and ray casting), :mod:`~mtlda.data.toycity.shading` (the two
+:mod:`~mtlda.data.toycity.raycast` (camera model and ray casting), :mod:`~mtlda.data.toycity.shading` (the three
 styles) and :mod:`~mtlda.data.toycity.render` (:func:`render_sample`, :class:`Frame`).
 """
 

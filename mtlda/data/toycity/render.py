@@ -9,11 +9,11 @@ import numpy as np
 
 from mtlda.data.toycity.raycast import camera_matrix, camera_pose, camera_rays, cast_rays
 from mtlda.data.toycity.scene import MAX_ABS_OFFSET, MAX_DEPTH, SKY, Scene, street_layout
-from mtlda.data.toycity.shading import shade_flat, shade_textured
+from mtlda.data.toycity.shading import shade_flat, shade_textured, shade_tinted
 
 GENERATOR_VERSION = "2"
 
-STYLES = ("flat", "textured")
+STYLES = ("flat", "tinted", "textured")
 
 
 @dataclass
@@ -49,6 +49,8 @@ def _render_frame(scene: Scene, style: str, pose: np.ndarray, K: np.ndarray, ray
     normals = np.where(valid[..., None], hits.normal @ pose[:3, :3], 0.0)
     if style == "flat":
         rgb = shade_flat(labels, hits)
+    elif style == "tinted":
+        rgb = shade_tinted(scene, hits)
     else:
         rgb = shade_textured(scene, labels, hits, pose, rays_cam, noise_rng)
     return Frame(
@@ -81,7 +83,7 @@ def render_sample(index: int, *, style: str = "flat", height: int = 128, width: 
                   offsets: Sequence[int] = (0,)) -> dict[int, Frame]:
     """Render the frames at ``offsets`` (camera ~``step`` metres forward per unit offset) of street scene
     ``index``. Deterministic: the same arguments give identical arrays; frame ``k`` does not depend on which
-    other offsets are requested, and both styles share geometry, depth, labels, normals and edges exactly."""
+    other offsets are requested, and all styles share geometry, depth, labels, normals and edges exactly."""
     _check_arguments(index, style, height, width, seed, offsets)
     scene = street_layout(np.random.default_rng([seed, index]))
     K = camera_matrix(height, width)

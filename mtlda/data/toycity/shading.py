@@ -1,8 +1,11 @@
-"""toycity shading: the colours of the two styles, from ray hits, class labels and scene materials.
+"""toycity shading: the colours of the three styles, from ray hits, class labels and scene materials.
 
-``"flat"``: one saturated colour per class, mild Lambertian shading. ``"textured"``: procedural textures per class
-(asphalt and lane markings, paving slabs, facades with windows, sign plates, foliage, clothes, car paint and
-glass), a low sun and sky light, distance fog, a warm colour shift and sensor noise.
+``"flat"``: one saturated colour per class, mild Lambertian shading. ``"tinted"``: each object's own base colour
+(the textured style's, drawn per object around its class's natural palette: grey asphalt, green foliage, car
+paints), the flat style's shading and a plain sky: natural colours without textures, lighting or noise, as a
+simple synthetic renderer gives. ``"textured"``: procedural textures per class (asphalt and lane markings, paving
+slabs, facades with windows, sign plates, foliage, clothes, car paint and glass), a low sun and sky light, distance
+fog, a warm colour shift and sensor noise.
 """
 
 from __future__ import annotations
@@ -64,13 +67,25 @@ _FLAT_COLOURS = np.array([
     (0.1, 0.1, 0.6),  # car
 ])
 _FLAT_SUN = np.array([-0.4, -0.3, 0.87]) / np.linalg.norm([-0.4, -0.3, 0.87])
+_TINTED_SKY = np.array([0.6, 0.72, 0.9])
+
+
+def _flat_shading(hits: Hits) -> np.ndarray:
+    """(H, W, 1) mild Lambertian factor in [0.75, 1] on hit pixels, 1 on the sky."""
+    lambert = np.clip(hits.normal @ _FLAT_SUN, 0.0, 1.0)
+    return np.where(hits.prim >= 0, 0.75 + 0.25 * lambert, 1.0)[..., None]
 
 
 def shade_flat(labels: np.ndarray, hits: Hits) -> np.ndarray:
     """(H, W, 3) float RGB: one saturated colour per class, mild Lambertian shading."""
-    lambert = np.clip(hits.normal @ _FLAT_SUN, 0.0, 1.0)
-    shade = np.where(hits.prim >= 0, 0.75 + 0.25 * lambert, 1.0)
-    return _FLAT_COLOURS[labels] * shade[..., None]
+    return _FLAT_COLOURS[labels] * _flat_shading(hits)
+
+
+def shade_tinted(scene: Scene, hits: Hits) -> np.ndarray:
+    """(H, W, 3) float RGB: each object's base colour (``scene.tints``) with mild Lambertian shading, a plain sky."""
+    hit = hits.prim >= 0
+    base = np.where(hit[..., None], scene.tints[np.maximum(hits.prim, 0)], _TINTED_SKY)
+    return base * _flat_shading(hits)
 
 
 def _road_albedo(scene: Scene, p: np.ndarray, tint: np.ndarray, accent: np.ndarray) -> np.ndarray:
