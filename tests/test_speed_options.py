@@ -247,7 +247,8 @@ def test_checkpointing_keeps_loss_gradients_and_batchnorm_buffers(mode, override
     rng_after = torch.get_rng_state()
     segments = [model.encoder.layer1[0]]
     if mode == "all":
-        segments += [model.decoders["depth"].blocks["0"], next(iter(model.exchange.values()))]
+        block = next(iter(model.exchange.values()))
+        segments += [model.decoders["depth"].blocks["0"], *block.pairs.values(), *getattr(block, "fuse", {}).values()]
     calls = {index: 0 for index in range(len(segments))}
     for index, segment in enumerate(segments):
         segment.register_forward_pre_hook(lambda *_, index=index: calls.__setitem__(index, calls[index] + 1))
@@ -258,6 +259,20 @@ def test_checkpointing_keeps_loss_gradients_and_batchnorm_buffers(mode, override
     _assert_same_state(model, reference, 1e-6)
     counts = {b.item() for name, b in model.named_buffers() if name.endswith("num_batches_tracked")}
     assert counts == {1}
+
+
+def test_checkpointing_recomputes_a_block_without_checkpoint_parts_whole():
+    import toy_extensions  # noqa: F401  (registers the "gate" block, which does not declare checkpoint_parts)
+
+    image = _image()
+    reference, model = _network(block="gate"), _network("all", block="gate")
+    block = model.exchange["1"]
+    assert not hasattr(block, "checkpoint_parts") and model.checkpointed_whole == {"1"}
+    calls = []
+    block.register_forward_pre_hook(lambda *_: calls.append(1))
+    expected = _train_step(reference, image)
+    assert (_train_step(model, image) - expected).abs() <= 1e-6 and len(calls) == 2
+    _assert_same_state(model, reference, 1e-6)
 
 
 def test_checkpointing_recomputes_and_draws_the_same_dropout_mask():

@@ -4,6 +4,8 @@ A block builder is ``builder(tasks, channels, stage_stride, cfg) -> nn.Module | 
 names, ``channels`` the decoder features' channels at the stage, ``stage_stride`` their stride, ``cfg`` the
 :class:`~mtlda.schema.ModelConfig`. The module it returns has ``tasks``, ``downscale`` (the factor its feature size
 must divide by) and ``forward(dict[task, (B, C, H, W)]) -> dict[task, (B, C, H, W)]``; None means no block.
+Under ``model.checkpointing=all`` a block with a ``checkpoint_parts`` attribute gets it set and checkpoints its own
+parts (as :class:`~mtlda.models.exchange.MTEB` does, pair by pair); any other block is checkpointed whole.
 Adding a block is one module with ``@register_block("name")`` on its builder (imported before the network is
 built); every ``--block`` choice and error message reads from here.
 """

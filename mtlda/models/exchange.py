@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtlda.models.checkpointing import run_segment
+
 ATTENTION_TOKEN_STRIDE = 8
 _ATTENTION_BRANCHES = {"spatial": ("spatial",), "channel": ("channel",), "both": ("spatial", "channel"), "none": ()}
 ATTENTION_KINDS = tuple(_ATTENTION_BRANCHES)
@@ -193,7 +195,11 @@ class MTEB(nn.Module):
     One :class:`XTAM` per ordered pair (``pairs["<source>_to_<target>"]``). For each target the directional
     features are concatenated in sorted source order and projected by ``fuse[target]`` (1x1 conv + BN + ReLU),
     then combined with the target features: "add" f + fuse(..), "prod" f * fuse(..), or "concat" fuse([f, ..]).
+    ``checkpoint_parts``: recompute each xTAM's and each fuse projection's activations in the backward pass, one
+    part at a time (recomputing the whole block at once would hold every pair's activations together).
     """
+
+    checkpoint_parts = False
 
     def __init__(
         self,
@@ -224,20 +230,22 @@ class MTEB(nn.Module):
 
     def forward(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
         _check_features(self.tasks, features)
+        parts = self.checkpoint_parts
         refined = {}
         for target in self.tasks:
             directional = [
-                self.pairs[f"{source}_to_{target}"](features[target], features[source])
+                run_segment(self.pairs[f"{source}_to_{target}"], features[target], features[source], checkpointed=parts)
                 for source in self.tasks
                 if source != target
             ]
             base = features[target]
+            fuse = self.fuse[target]
             if self.fusion == "concat":
-                refined[target] = self.fuse[target](torch.cat([base] + directional, dim=1))
+                refined[target] = run_segment(fuse, torch.cat([base] + directional, dim=1), checkpointed=parts)
             elif self.fusion == "prod":
-                refined[target] = base * self.fuse[target](torch.cat(directional, dim=1))
+                refined[target] = base * run_segment(fuse, torch.cat(directional, dim=1), checkpointed=parts)
             else:
-                refined[target] = base + self.fuse[target](torch.cat(directional, dim=1))
+                refined[target] = base + run_segment(fuse, torch.cat(directional, dim=1), checkpointed=parts)
         return refined
 
 
@@ -245,8 +253,11 @@ class PadNetBlock(nn.Module):
     """PAD-Net multi-modal distillation: f_i + sum_{j != i} SA_{j->i}(f_j), full-C self-attention gates.
 
     dict[task, (B, C, H, W)] -> dict[task, (B, C, H, W)]; gates in ``pairs["<source>_to_<target>"]``.
-    ``downscale`` is 1: no pooling, any feature size works.
+    ``downscale`` is 1: no pooling, any feature size works. ``checkpoint_parts``: recompute each gate's activations
+    in the backward pass, one gate at a time.
     """
+
+    checkpoint_parts = False
 
     def __init__(self, tasks: Sequence[str], channels: int) -> None:
         super().__init__()
@@ -266,7 +277,9 @@ class PadNetBlock(nn.Module):
         refined = {}
         for target in self.tasks:
             messages = [
-                self.pairs[f"{source}_to_{target}"](features[source]) for source in self.tasks if source != target
+                run_segment(self.pairs[f"{source}_to_{target}"], features[source], checkpointed=self.checkpoint_parts)
+                for source in self.tasks
+                if source != target
             ]
             refined[target] = features[target] + torch.stack(messages).sum(dim=0)
         return refined
@@ -283,6 +296,15 @@ class GatedBlock(nn.Module):
         self.tasks = block.tasks
         self.downscale = block.downscale
         self.gate = nn.ParameterDict({task: nn.Parameter(torch.zeros(1, channels, 1, 1)) for task in self.tasks})
+
+    @property
+    def checkpoint_parts(self) -> bool:
+        """Whether the wrapped block checkpoints its parts (see :class:`MTEB`)."""
+        return self.block.checkpoint_parts
+
+    @checkpoint_parts.setter
+    def checkpoint_parts(self, value: bool) -> None:
+        self.block.checkpoint_parts = value
 
     def forward(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
         refined = self.block(features)

@@ -43,7 +43,8 @@ class MultiTaskNet(nn.Module):
 
     Attributes: ``encoder``, ``decoders`` (ModuleDict by task), ``exchange`` (ModuleDict by stage as str),
     ``tasks`` (sorted tuple), ``heads``. A decoder's body is ``decoders[task].blocks``, its heads
-    ``decoders[task].sides``. ``checkpoint_exchange``: recompute the exchange blocks' activations in the backward pass.
+    ``decoders[task].sides``. ``checkpoint_exchange``: recompute the exchange blocks' activations in the backward pass,
+    part by part in a block that declares ``checkpoint_parts`` (the built-in ones), else the whole block at once.
     """
 
     def __init__(
@@ -56,11 +57,16 @@ class MultiTaskNet(nn.Module):
     ) -> None:
         super().__init__()
         self.encoder = encoder
-        self.checkpoint_exchange = checkpoint_exchange
         self.tasks = tuple(sorted(decoders))
         self.heads = {task: heads[task] for task in self.tasks}
         self.decoders = nn.ModuleDict({task: decoders[task] for task in self.tasks})
         self.exchange = nn.ModuleDict({str(stage): exchange[stage] for stage in sorted(exchange, reverse=True)})
+        self.checkpointed_whole: set[str] = set()
+        for stage, block in self.exchange.items():
+            if hasattr(block, "checkpoint_parts"):
+                block.checkpoint_parts = checkpoint_exchange
+            elif checkpoint_exchange:
+                self.checkpointed_whole.add(stage)
         block_strides = decoder_block_strides(encoder.strides)
         self.input_multiple = max(encoder.strides)
         for stage, block in exchange.items():
@@ -100,7 +106,7 @@ class MultiTaskNet(nn.Module):
         for stage, block in self.exchange.items():
             run_blocks(first, int(stage))
             # A copy: a checkpointed block is recomputed from the very dict it was given, and states changes next.
-            states.update(run_segment(block, dict(states), checkpointed=self.checkpoint_exchange))
+            states.update(run_segment(block, dict(states), checkpointed=stage in self.checkpointed_whole))
             first = int(stage) - 1
         if first >= 0:
             run_blocks(first, 0)
