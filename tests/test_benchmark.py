@@ -175,3 +175,10 @@ def test_bad_arguments_are_user_errors(capsys: pytest.CaptureFixture) -> None:
     args = benchmark.parse_args(["--data"])
     assert args.sections == ["options", "paper", "weighting", "xtam", "data"]
     assert args.out == Path("benchmarks/cpu.json")
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_the_full_plan_times_at_least_five_rounds_of_every_comparison(device: str) -> None:
+    comparisons = plan.plan(torch.device(device), ("options", "paper", "weighting", "scenarios"), quick=False)
+    assert comparisons and all(c.iters >= 5 for c in comparisons)
+    assert any(c.size == plan.PAPER_SIZE for c in comparisons)

@@ -125,10 +125,10 @@ def plan(device: torch.device, sections: Sequence[str], quick: bool) -> list[Com
         comparisons = [Comparison("options", "demo", DEMO_SIZE, 0, (*every, "no_exchange", "compile"), 1, 8),
                        Comparison("options", "paper_sd", DEMO_SIZE, 2,
                                   tuple(v for v in every if v != "checkpoint_encoder"), 1, 6),
-                       Comparison("options", "paper_sdn", DEMO_SIZE, 2, ("plain", "default", "checkpoint_all"), 1, 3),
-                       Comparison("paper", "demo", PAPER_SIZE, 2, ("plain", "default", "checkpoint_all", "bf16"), 1, 2),
-                       Comparison("paper", "paper_sd", HALF_PAPER_SIZE, 2, memory, 0, 2),
-                       Comparison("paper", "paper_sdn", HALF_PAPER_SIZE, 2, memory[::2], 0, 2),
+                       Comparison("options", "paper_sdn", DEMO_SIZE, 2, ("plain", "default", "checkpoint_all"), 1, 5),
+                       Comparison("paper", "demo", PAPER_SIZE, 2, ("plain", "default", "checkpoint_all", "bf16"), 1, 5),
+                       Comparison("paper", "paper_sd", HALF_PAPER_SIZE, 2, memory, 1, 5),
+                       Comparison("paper", "paper_sdn", HALF_PAPER_SIZE, 2, memory[::2], 1, 5),
                        Comparison("weighting", "demo", DEMO_SIZE, 0, weighting, 1, 5)]
     return [c for c in comparisons if c.section in sections]
 
