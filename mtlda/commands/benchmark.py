@@ -31,7 +31,7 @@ above the memory in use just before it: ``torch.cuda.max_memory_allocated`` on C
 resident set (VmHWM, reset through /proc/self/clear_refs after returning freed heap pages with malloc_trim).
 
 examples:
-  mtlda benchmark --data                          # every CPU comparison -> benchmarks/cpu.json (1-2 hours, 2 cores)
+  mtlda benchmark --data                          # every CPU comparison -> benchmarks/cpu.json (~20 min, 2 cores)
   mtlda benchmark --device cuda --data            # the same plus AMP fp16 and the scenarios -> benchmarks/gpu.json
   mtlda benchmark --quick --sections options      # smoke test at 32x64 (a minute)
 """
