@@ -3,6 +3,8 @@ previous implementations), fused/foreach optimisers, channels_last, and activati
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,6 +14,7 @@ from mtlda.geometry import _LINE_DIRECTIONS, _NORMAL_BASES, _shifted, backprojec
 from mtlda.losses import normals_cosine_loss
 from mtlda.losses.supervised import _masked_mean
 from mtlda.models import HeadSpec, build_network, channels_last_input, to_channels_last
+from mtlda.models.decoder import ASPP
 from mtlda.scenarios.optim import build_optimizer
 from mtlda.schema import ModelConfig, OptimConfig
 
@@ -212,6 +215,8 @@ def _assert_same_state(model: nn.Module, reference: nn.Module, tol: float) -> No
 def test_channels_last_gives_the_default_format_outputs_and_gradients(attention):
     reference, model = _network(attention=attention), to_channels_last(_network(attention=attention))
     assert model.encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    aspp = [m for m in model.modules() if isinstance(m, ASPP)]
+    assert aspp and all(p.is_contiguous() for m in aspp for p in m.parameters())  # CPU: default format (see ASPP)
     for net in (reference, model):  # let the correlation branch contribute
         for xtam in net.exchange["1"].pairs.values():
             nn.init.constant_(xtam.alpha, 0.5)
@@ -234,6 +239,22 @@ def test_channels_last_gives_the_default_format_outputs_and_gradients(attention)
     loss = _train_step(model, channels_last_input(image.double()))
     assert loss == _train_step(reference, image.double())
     _assert_same_state(model, reference, 1e-10)
+
+
+def test_the_aspp_runs_in_the_default_format_on_the_cpu_and_returns_channels_last():
+    torch.manual_seed(0)
+    reference = ASPP(16, 8, (1, 2)).train()
+    model = to_channels_last(nn.Sequential(copy.deepcopy(reference)))[0]
+    assert all(p.is_contiguous() for p in model.parameters())
+    x = torch.randn(2, 16, 6, 10)
+    seen = []
+    model.branches[1].register_forward_pre_hook(lambda _, args: seen.append(args[0].is_contiguous()))
+    torch.manual_seed(1)
+    out = model(channels_last_input(x))
+    torch.manual_seed(1)
+    expected = reference(x)
+    assert seen == [True] and out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize(

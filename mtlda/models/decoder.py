@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtlda.models.checkpointing import run_segment
+from mtlda.models.memory_format import DefaultFormatOnCPU
 
 NUM_BLOCKS = 5
 
@@ -70,11 +71,12 @@ class LayoutInvariantDropout(nn.Dropout):
         return torch.empty_like(x).copy_(super().forward(x.contiguous()))
 
 
-class ASPP(nn.Module):
+class ASPP(DefaultFormatOnCPU):
     """Atrous spatial pyramid pooling: (B, in, H, W) -> (B, out, H, W).
 
     Branches: 1x1 conv, one 3x3 atrous conv per rate, and image pooling (global mean, 1x1 conv, bilinear back),
-    each with BN + ReLU; concatenated, projected by 1x1 conv + BN + ReLU, then dropout.
+    each with BN + ReLU; concatenated, projected by 1x1 conv + BN + ReLU, then dropout. On the CPU it runs in the
+    default memory format inside a channels_last network (:class:`DefaultFormatOnCPU`).
     """
 
     def __init__(self, in_channels: int, out_channels: int, rates: Sequence[int], dropout: float = 0.5) -> None:
@@ -93,6 +95,9 @@ class ASPP(nn.Module):
                 "ASPP image pooling normalises a (B, C, 1, 1) map with BatchNorm, which needs batch size >= 2 in "
                 "training mode; use batch_size >= 2 (or eval() for single-image inference)."
             )
+        return self.in_default_format(self._pyramid, x)
+
+    def _pyramid(self, x: Tensor) -> Tensor:
         pooled = self.pool_proj(F.adaptive_avg_pool2d(x, 1))
         pooled = F.interpolate(pooled, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return self.project(torch.cat([branch(x) for branch in self.branches] + [pooled], dim=1))
