@@ -53,7 +53,10 @@ def test_quick_options_and_xtam_write_a_report(cache, tmp_path: Path, capsys: py
     for name, row in rows.items():
         assert row["status"] == "ok" and row["input"] == "2x3x32x64" and row["ms_per_step"] > 0
         assert row["peak_mib"] > row["state_mib"] > 0 and row["parameters"] == rows["plain"]["parameters"]
-        assert ("ratio" in row) == (name != "plain")
+        assert ("ratio" in row) == (name != "plain") and len(row["step_rss_mib"]) == len(row["ms_all"])
+    # the allocator's peak is exact: recomputing every block in the backward pass holds fewer activations (a few
+    # MiB at 32x64, where the step's peak is mostly the gradients)
+    assert rows["checkpoint_all"]["step_extra_mib"] < rows["default"]["step_extra_mib"]
     assert [r["config"] for r in xtam["results"]] == ["xtam_sdpa", "xtam_explicit"]
     assert xtam["sdpa_kernels"]["ops"]["fp32"] == ["aten::_scaled_dot_product_flash_attention_for_cpu"]
     table = capsys.readouterr().out
@@ -147,6 +150,25 @@ def test_speed_options_compute_the_same_training_in_float64(cache, tmp_path: Pat
             torch.testing.assert_close(value, reference[key], rtol=1e-8, atol=1e-10, msg=f"{case.variant}: {key}")
 
 
+def test_the_cpu_allocator_peak_counts_what_the_region_holds_at_once() -> None:
+    held = [torch.ones(250_000), torch.ones(1_000_000)]  # 1 MB, then 4 MB allocated before the measurement
+
+    def lead_in() -> None:
+        held.append(torch.ones(500_000))  # 2 MB, freed by the region
+
+    def region() -> None:
+        held.pop()  # -2 MB
+        a = torch.ones(1_000_000)
+        b = a * 2  # +8 MB: the peak, 6 MB above the start
+        del a, b
+        held.pop()  # allocated before the profiler started: its size is unknown and not counted
+        x = torch.ones(500_000, requires_grad=True)
+        (x * x).sum().backward()  # x.grad: 2 MB, at most +6 MB while it runs
+
+    assert measure.cpu_allocated_peak_bytes(region, lead_in=lead_in) == pytest.approx(6_000_000, abs=4096)
+    assert measure.cpu_allocated_peak_bytes(lambda: torch.ones(3_000_000)) == pytest.approx(12_000_000, abs=4096)
+
+
 def test_a_case_out_of_memory_is_marked_and_left_out(capsys: pytest.CaptureFixture) -> None:
     def out_of_memory() -> None:
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -155,6 +177,7 @@ def test_a_case_out_of_memory_is_marked_and_left_out(capsys: pytest.CaptureFixtu
     cases[0].step, cases[1].step = (lambda: None), out_of_memory
     bench_cases.interleave(cases, 1, 3, CPU, measure.MemoryProbe(CPU))
     assert (cases[0].status, len(cases[0].times), cases[1].status, cases[1].times) == ("ok", 3, "OOM", [])
+    assert cases[0].allocated_extra == 0 and cases[1].allocated_extra is None
     assert "round 4/4 (timed" in capsys.readouterr().err
     cases[0].step = lambda: torch.ones(2) @ torch.ones(3)  # any other error is a bug and propagates
     with pytest.raises(RuntimeError, match="size"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import statistics
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ import torch
 from mtlda.benchmarking import plan
 from mtlda.benchmarking.measure import (
     MemoryProbe,
+    cpu_allocated_peak_bytes,
     is_oom,
     load_average,
     release_memory,
@@ -84,6 +85,7 @@ class Case:
     parameters: int
     times: list[float] = field(default_factory=list)
     extra: list[int] = field(default_factory=list)
+    allocated_extra: int | None = None
     first_s: float | None = None
     status: str = "ok"
 
@@ -117,24 +119,32 @@ def build_case(comparison: Comparison, variant: Variant, device: torch.device, w
                 parameters)
 
 
+def _unless_oom(case: Case, fn: Callable[[], Any], device: torch.device) -> Any | None:
+    """``fn()``; if it runs out of memory: the case marked, its gradients freed, None."""
+    try:
+        return fn()
+    except (RuntimeError, MemoryError) as error:
+        if not is_oom(error):
+            raise
+        case.status = "OOM"
+        for opt in case.engine.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        release_memory(device)
+        return None
+
+
 def interleave(cases: Sequence[Case], warmup: int, iters: int, device: torch.device, probe: MemoryProbe) -> None:
     """Rounds of one step of every case in turn; the first ``warmup`` rounds are not timed (the first step of each
     case is kept as ``first_s``: compilation, lazy initialisation). A case that runs out of memory is marked and
-    left out of the later rounds. One progress line per round on stderr."""
+    left out of the later rounds. One progress line per round on stderr. On a CPU, a last untimed round of two steps
+    per case measures the second's allocator peak (:func:`cpu_allocated_peak_bytes`)."""
     for round_index in range(warmup + iters):
         timed_round = round_index >= warmup
         line = []
         for case in (c for c in cases if c.status == "ok"):
             probe.start()
-            try:
-                seconds = timed(case.step, device)
-            except (RuntimeError, MemoryError) as error:
-                if not is_oom(error):
-                    raise
-                case.status = "OOM"
-                for opt in case.engine.optimizers.values():
-                    opt.zero_grad(set_to_none=True)
-                release_memory(device)
+            seconds = _unless_oom(case, lambda: timed(case.step, device), device)
+            if seconds is None:
                 continue
             extra = probe.extra_bytes()
             if round_index == 0:
@@ -145,17 +155,24 @@ def interleave(cases: Sequence[Case], warmup: int, iters: int, device: torch.dev
             line.append(f"{case.variant} {seconds * 1000:.0f}")
         print(f"  round {round_index + 1}/{warmup + iters} ({'timed' if timed_round else 'warm-up'}, load "
               f"{load_average()}): {', '.join(line)} ms", file=sys.stderr)
+    if device.type == "cpu":
+        for case in (c for c in cases if c.status == "ok"):
+            case.allocated_extra = _unless_oom(
+                case, lambda: cpu_allocated_peak_bytes(case.step, lead_in=case.step), device)
+        print(f"  memory round (allocator peaks, load {load_average()})", file=sys.stderr)
 
 
 def summarise(case: Case, reference: dict[str, Any] | None) -> dict[str, Any]:
     """Median ms/step, peak MiB (state + step peak) and their ratios to ``reference``."""
     ms = statistics.median(case.times)
     static = state_bytes(case.engine, case.scenario)
-    extra = max(case.extra)
+    extra = max(case.extra) if case.allocated_extra is None else case.allocated_extra
     row = {"config": case.variant, "note": VARIANT_NOTES.get(case.variant, ""), "status": "ok",
            "input": case.shape, "parameters": case.parameters, "ms_per_step": ms, "ms_all": case.times,
            "images_per_s": int(case.shape.split("x")[0]) * 1000 / ms, "peak_mib": (static + extra) / 2**20,
            "state_mib": static / 2**20, "step_extra_mib": extra / 2**20, "first_step_s": case.first_s}
+    if case.allocated_extra is not None:
+        row["step_rss_mib"] = [e / 2**20 for e in case.extra]
     if case.variant == "compile" and case.first_s is not None:
         row["compile_s"] = case.first_s - ms / 1000
     if reference is not None and reference.get("status") == "ok":

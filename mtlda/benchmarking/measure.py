@@ -1,5 +1,5 @@
-"""Measuring: wall time with device work included, peak memory of a region (CUDA allocator or CPU peak RSS), the
-bytes of a training state, the load average."""
+"""Measuring: wall time with device work included, peak memory of a region (CUDA allocator or CPU peak RSS; on a CPU
+also the allocator's peak from the profiler's allocation events), the bytes of a training state, the load average."""
 
 from __future__ import annotations
 
@@ -67,6 +67,33 @@ class MemoryProbe:
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device) - self.before
         return (_proc_status_kb("VmHWM") or 0) * 1024 - self.before
+
+
+def cpu_allocated_peak_bytes(fn: Callable[[], object], lead_in: Callable[[], object] | None = None) -> int:
+    """Peak bytes of tensor memory allocated on the CPU while ``fn`` runs, above what was allocated at its start.
+
+    The running sum, in time order, of the allocation and free events that ``torch.profiler`` records
+    (``profile_memory``) while ``fn`` runs: exact and repeatable, where the resident set also counts the heap's free
+    but unreturned pages. The profiler knows the size of the blocks allocated while it runs only, so ``lead_in``
+    (e.g. the previous training step) runs inside it first: what ``fn`` frees of its blocks is counted."""
+    from torch.profiler import DeviceType, ProfilerActivity, profile, record_function
+
+    window = "mtlda.benchmark.measured_region"
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        if lead_in is not None:
+            lead_in()
+        gc.collect()
+        with record_function(window):
+            fn()
+    events = prof.profiler.kineto_results.events()
+    region = next(e for e in events if e.name() == window)
+    memory = sorted((e for e in events if e.name() == "[memory]" and e.device_type() == DeviceType.CPU
+                     and region.start_ns() <= e.start_ns() <= region.end_ns()), key=lambda e: e.start_ns())
+    held = peak = 0
+    for event in memory:
+        held += event.nbytes()
+        peak = max(peak, held)
+    return peak
 
 
 def tensor_bytes(tensors: Iterator[Tensor]) -> int:

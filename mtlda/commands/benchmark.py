@@ -26,9 +26,12 @@ Comparisons (the first configuration of each is its reference, ratio 1):
   save), and the training step with 0/1/2 workers, in interleaved blocks of steps with a fresh loader each;
 - ``scenarios`` (CUDA): the supervised, UDA and SDE training steps of the paper's experiments at their resolution.
 
-Memory: the case's parameters, buffers and optimiser state (counted from its tensors) plus the step's own peak
-above the memory in use just before it: ``torch.cuda.max_memory_allocated`` on CUDA; on a CPU the process's peak
-resident set (VmHWM, reset through /proc/self/clear_refs after returning freed heap pages with malloc_trim).
+Memory: the case's parameters, buffers and optimiser state (counted from its tensors) plus the step's own peak of
+tensor memory above what was allocated just before it: ``torch.cuda.max_memory_allocated`` on CUDA; on a CPU the
+running sum of torch.profiler's allocation events over one more step after the timed rounds (exact and repeatable).
+The CPU rows also keep each timed step's peak resident set above the one before it (``step_rss_mib``: VmHWM, reset
+through /proc/self/clear_refs after returning freed heap pages with malloc_trim), which also counts the heap's free
+but unreturned pages and varies from run to run by more than the options' effects.
 
 examples:
   mtlda benchmark --data                          # every CPU comparison -> benchmarks/cpu.json (~20 min, 2 cores)
@@ -145,7 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report: dict[str, Any] = {"command": " ".join(["mtlda benchmark", *argv]), "machine": machine_info(device),
                               "load_before": load_average(), "quick": args.quick, "sections": args.sections,
                               "memory": "cuda max_memory_allocated" if device.type == "cuda" else
-                              "state tensors + step peak RSS (VmHWM) above the RSS before the step",
+                              "state tensors + step peak of allocated tensors (torch.profiler memory events); "
+                              "step_rss_mib: peak RSS (VmHWM) above the RSS before each timed step",
                               "memory_note": probe.note, "comparisons": []}
     with tempfile.TemporaryDirectory(prefix="mtlda-benchmark-") as tmp, \
             environment_variable("TORCHINDUCTOR_CACHE_DIR", str(Path(tmp) / "inductor")):  # compile_s: a cold compile
