@@ -330,7 +330,7 @@ def test_the_multitask_stage_keeps_a_learned_depth(tmp_path):
 
     Measured (seeds 0 / 1 / 2): pretrain AbsRel 0.32 / 0.34 / 0.28 from 0.75 at initialisation; after the
     multi-task stage 0.86 / 0.89 / 1.00 times the pretrained AbsRel, and 1.39 / 1.21 / 1.46 times without the gate
-    (``model.block_gate=false``). ~1.5 minutes on 2 cores."""
+    (``model.block_gate=false``). ~2.5 minutes on 2 cores."""
     def small(experiment: str, workdir: Path, *extra: str):
         return load_config(str(SDE_EXPERIMENTS / "toycity" / experiment), [
             "data.toycity.num_train=48", "data.toycity.num_val=12", "data.val_batch_size=12",
