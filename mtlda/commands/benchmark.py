@@ -34,7 +34,7 @@ through /proc/self/clear_refs after returning freed heap pages with malloc_trim)
 but unreturned pages and varies from run to run by more than the options' effects.
 
 examples:
-  mtlda benchmark --data                          # every CPU comparison -> benchmarks/cpu.json (~20 min, 2 cores)
+  mtlda benchmark --data                          # every CPU comparison -> benchmarks/cpu.json (20-40 min, 2 cores)
   mtlda benchmark --device cuda --data            # the same plus AMP fp16 and the scenarios -> benchmarks/gpu.json
   mtlda benchmark --quick --sections options      # smoke test at 32x64 (a minute)
 """
