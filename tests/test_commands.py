@@ -127,6 +127,18 @@ def test_predict_and_evaluate_accept_the_weights_file(trained, tmp_path, capsys)
     assert (tmp_path / "eval" / "eval-model.json").is_file()
 
 
+def test_evaluate_splits_the_depth_errors_by_class(trained, tmp_path, capsys):
+    assert main(["evaluate", str(trained / "last.pt"), "--depth-by-class", "--workdir", str(tmp_path)]) == 0
+    text = (tmp_path / "eval-last-depth-by-class.md").read_text()
+    assert text in capsys.readouterr().out
+    lines = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| class")]
+    classes = {line.split(" | ")[0][2:] for line in lines}
+    assert {"road", "all (pooled pixels)"} <= classes
+    assert "trivial: pixel prior: AbsRel" in text and "last.pt: AbsRel" in text
+    shares = [float(line.split(" | ")[1]) for line in lines[:-1]]
+    assert sum(shares) == pytest.approx(100.0, abs=0.1 * len(shares))
+
+
 def test_export_weights_refuses_to_overwrite_its_checkpoint(tmp_path, monkeypatch, capsys):
     checkpoint = tmp_path / "last.pt"
     checkpoint.write_bytes(b"training state")

@@ -4,8 +4,12 @@ The checkpoint's own config (data set, tasks, model, protocol) is used; --set ch
 evaluation resolution. Labels are compared at data.val_height x data.val_width (set them to the label files'
 size, e.g. 1024x2048 for Cityscapes, to evaluate at full label resolution; predictions are upsampled to it).
 
+--depth-by-class also splits the depth errors by ground-truth semantic class, next to the per-pixel prior's
+(eval-<ckpt>-depth-by-class.md; needs semantic labels in the validation split).
+
 examples:
   mtlda evaluate runs/toycity_sdn_mteb/s0/best.pt
+  mtlda evaluate runs/toycity_sde_pretrain/s0/best.pt --depth-by-class
   mtlda evaluate ckpt.pt --set data.val_split=test --set data.val_height=1024 --set data.val_width=2048
 """
 
@@ -26,6 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="override a key of the checkpoint's config (repeatable)")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--workdir", help="where eval-<ckpt>.md/json go (default: the checkpoint's folder)")
+    parser.add_argument("--depth-by-class", action="store_true",
+                        help="also split the depth errors by ground-truth semantic class (and the pixel prior's)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     args = parser.parse_args(argv)
     overrides = list(args.overrides)
@@ -36,5 +42,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.print_config:
         print_config(cfg)
         return 0
-    evaluate_and_report(cfg, args.checkpoint)
+    evaluate_and_report(cfg, args.checkpoint, depth_by_class=args.depth_by_class)
     return 0

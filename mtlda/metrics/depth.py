@@ -15,6 +15,23 @@ from mtlda.schema import DepthProtocol
 DEPTH_METRIC_NAMES = ("abs_rel", "sq_rel", "rmse", "rmse_log", "delta1", "delta2", "delta3")
 
 
+def protocol_prediction(pred: Tensor, target: Tensor, mask: Tensor | None,
+                        protocol: DepthProtocol) -> tuple[Tensor, Tensor, Tensor]:
+    """The prediction as ``protocol`` scores it: resized to the target, median-scaled per image over the evaluated
+    pixels (if the protocol says so) and clamped; the target with 1 outside them; the evaluated pixels.
+
+    pred (B, 1, h, w) metres; target (B, 1, H, W) metres; mask (B, 1, H, W) bool or None -> float64 (B, 1, H, W)
+    prediction, float64 (B, 1, H, W) target, bool (B, 1, H, W) evaluated pixels.
+    """
+    pred = resize_to(pred, target.shape[-2:]).double()
+    gt = target.double()
+    valid = full_mask(target, mask) & (gt > protocol.min_depth) & (gt < protocol.max_depth)
+    if protocol.median_scaling:
+        pred = median_scale(pred, gt, valid)
+    pred = pred.clamp(protocol.min_depth, protocol.max_depth)
+    return pred, torch.where(valid, gt, torch.ones_like(gt)), valid
+
+
 class DepthMetric(StreamingMetric):
     """AbsRel, SqRel, RMSE (m), RMSE-log, delta < 1.25^k (%) under a :class:`DepthProtocol`.
 
@@ -45,13 +62,7 @@ class DepthMetric(StreamingMetric):
         if pred.ndim != 4 or pred.shape[1] != 1:
             raise ValueError(f"depth prediction must have shape (B, 1, h, w), got {tuple(pred.shape)}")
         p = self.protocol
-        pred = resize_to(pred, target.shape[-2:]).double()
-        gt = target.double()
-        valid = full_mask(target, mask) & (gt > p.min_depth) & (gt < p.max_depth)
-        if p.median_scaling:
-            pred = median_scale(pred, gt, valid)
-        pred = pred.clamp(p.min_depth, p.max_depth)
-        gt_safe = torch.where(valid, gt, torch.ones_like(gt))
+        pred, gt_safe, valid = protocol_prediction(pred, target, mask, p)
         ratio = torch.maximum(pred / gt_safe, gt_safe / pred)
         per_pixel = torch.stack(
             [
@@ -97,3 +108,57 @@ class DepthMetric(StreamingMetric):
             f"{p.max_depth:g}], median scaling {'per image' if p.median_scaling else 'off'}, "
             f"{'per-image' if p.per_image else 'per-pixel'} averaging"
         )
+
+
+class DepthByClassMetric(StreamingMetric):
+    """Depth errors split by the ground-truth semantic class of each pixel: where a depth model is wrong.
+
+    The prediction is scaled and clamped exactly as :class:`DepthMetric` does it over the whole image (median
+    scaling uses every evaluated pixel, not one class's), then per class the evaluated pixels are pooled over the
+    split: share of the evaluated pixels (%), AbsRel, signed relative error ``mean((pred - gt) / gt)`` (> 0: too
+    far) and RMSE (m). Pixels whose label is outside [0, num_classes) (e.g. 255) are left out.
+    """
+
+    def __init__(self, num_classes: int, protocol: DepthProtocol | None = None) -> None:
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.protocol = protocol if protocol is not None else DepthProtocol()
+        super().__init__()
+
+    def _new_state(self) -> dict[str, Tensor]:
+        # rows: pixel count, sum |rel|, sum rel, sum squared error
+        return {"sums": torch.zeros(4, self.num_classes, dtype=torch.float64)}
+
+    def update(self, pred: Tensor, target: Tensor, labels: Tensor, mask: Tensor | None = None) -> None:
+        """pred (B, 1, h, w) metres; target (B, 1, H, W) metres; labels (B, H, W) int class ids at the target's
+        size; mask (B, 1, H, W) bool."""
+        if labels.shape != (target.shape[0], *target.shape[-2:]):
+            raise ValueError(f"labels must have shape (B, H, W) = {(target.shape[0], *target.shape[-2:])}, "
+                             f"got {tuple(labels.shape)}")
+        pred, gt, valid = protocol_prediction(pred, target, mask, self.protocol)
+        rel = ((pred - gt) / gt)[:, 0]
+        keep = valid[:, 0] & (labels >= 0) & (labels < self.num_classes)
+        ids = labels[keep].long()
+        values = torch.stack([torch.ones_like(rel[keep]), rel[keep].abs(), rel[keep], ((pred - gt)[:, 0][keep]) ** 2])
+        self._follow(pred.device)
+        self._state["sums"].index_add_(1, ids, values)
+
+    def compute(self) -> dict[str, float]:
+        """Overall AbsRel of the pooled pixels (``abs_rel``) and the number of classes seen (``classes``)."""
+        count, abs_sum = self._state["sums"][0], self._state["sums"][1]
+        total = count.sum().item()
+        return {"abs_rel": abs_sum.sum().item() / total if total else float("nan"),
+                "classes": int((count > 0).sum().item())}
+
+    def per_class(self) -> dict[int, dict[str, float]]:
+        """class id -> {share (%), abs_rel, bias, rmse (m)} for every class with an evaluated pixel."""
+        count, abs_sum, signed, squared = self._state["sums"].cpu()
+        total = count.sum().item()
+        return {c: {"share": 100 * count[c].item() / total, "abs_rel": (abs_sum[c] / count[c]).item(),
+                    "bias": (signed[c] / count[c]).item(), "rmse": math.sqrt((squared[c] / count[c]).item())}
+                for c in range(self.num_classes) if count[c] > 0}
+
+    def protocol_description(self) -> str:
+        return (DepthMetric(self.protocol).protocol_description()
+                + "; errors pooled per ground-truth class over the split (median scaling over the whole image)")

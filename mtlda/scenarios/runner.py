@@ -13,6 +13,7 @@ import torch
 from mtlda.baselines import evaluate_priors, fit_priors
 from mtlda.config import load_config
 from mtlda.data.registry import build_dataset
+from mtlda.depth_by_class import depth_task, report_depth_by_class
 from mtlda.distributed import DistInfo, init_distributed, resolve_device, shutdown_distributed
 from mtlda.files import write_text_atomic
 from mtlda.models.network import format_parameter_counts
@@ -68,14 +69,19 @@ def checkpoint_config(path: str, overrides: Sequence[str]) -> ExperimentConfig:
     return load_config(None, overrides, stored=load_checkpoint(path)["config"])
 
 
-def evaluate_and_report(cfg: ExperimentConfig, checkpoint: str) -> dict:
+def evaluate_and_report(cfg: ExperimentConfig, checkpoint: str, depth_by_class: bool = False) -> dict:
     """``--evaluate CKPT``: metrics of the checkpoint on the validation split, printed and stored beside the run
-    as ``eval-<checkpoint name>.md/json`` (the training's own results files are left alone)."""
+    as ``eval-<checkpoint name>.md/json`` (the training's own results files are left alone); with
+    ``depth_by_class`` also its depth errors by ground-truth class (:mod:`mtlda.depth_by_class`)."""
     engine, scenario = evaluate_checkpoint(cfg, checkpoint)
+    if depth_by_class:
+        depth_task(scenario.tasks)
     results = scenario.evaluate_tasks(engine)
     if engine.is_main:
         report(cfg, scenario, results, f"{cfg.name} ({checkpoint})", with_baselines=False,
                stem=f"eval-{Path(checkpoint).stem}")
+    if depth_by_class:
+        report_depth_by_class(scenario, engine, checkpoint)
     shutdown_distributed()
     return results
 
