@@ -8,14 +8,14 @@ semantic labels in the validation split (the checkpoint need not predict them).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Dataset, Subset
 
-from mtlda.baselines import PRIOR_BATCH, fit_priors
-from mtlda.data.batch import collate
+from mtlda.baselines import fit_priors
 from mtlda.data.registry import build_dataset
 from mtlda.errors import UserInputError
 from mtlda.files import write_text_atomic
@@ -37,24 +37,30 @@ def depth_task(tasks: Mapping[str, Task]) -> str:
     return names[0]
 
 
+def labelled_validation_split(scenario: DenseScenario) -> Dataset:
+    """The validation split with ground-truth depth and semantic labels (``data.max_val_samples`` applies); a
+    data set without either fails here, before anything is evaluated."""
+    depth_task(scenario.tasks)
+    data = scenario.cfg.data
+    val = build_dataset(data, data.val_split, train=False, tasks=["depth", "semseg"])
+    if data.max_val_samples and len(val) > data.max_val_samples:
+        val = Subset(val, range(data.max_val_samples))
+    return val
+
+
 @torch.no_grad()
-def depth_by_class(scenario: DenseScenario, engine: Engine, model_row: str) -> dict[str, DepthByClassMetric]:
-    """Row name -> per-class depth errors on the validation split: ``model_row`` (the scenario's network) and the
-    per-pixel prior fitted on the training split."""
+def depth_by_class(scenario: DenseScenario, engine: Engine, val: Dataset,
+                   model_row: str) -> dict[str, DepthByClassMetric]:
+    """Row name -> per-class depth errors on ``val`` (:func:`labelled_validation_split`): ``model_row`` (the
+    scenario's network) and the per-pixel prior fitted on the training split; reduced over ranks."""
     cfg, name = scenario.cfg, depth_task(scenario.tasks)
     task = scenario.tasks[name]
-    info = scenario.info
-    if not info.class_names:
-        raise UserInputError(f"--depth-by-class needs semantic labels; {info.name} has none")
     with isolated_rng():
-        val = build_dataset(cfg.data, cfg.data.val_split, train=False, tasks=["depth", "semseg"])
-        if cfg.data.max_val_samples and len(val) > cfg.data.max_val_samples:
-            val = Subset(val, range(cfg.data.max_val_samples))
         train = build_dataset(cfg.data, cfg.data.train_split, train=False, tasks=["depth"])
         prior = fit_priors(train, {name: task})["pixel prior"][name].to(engine.device)
     model = scenario.inference_model().eval()
-    rows = {row: DepthByClassMetric(info.num_classes, task.protocol) for row in (PRIOR_ROW, model_row)}
-    for batch in DataLoader(val, batch_size=PRIOR_BATCH, collate_fn=collate, generator=torch.Generator()):
+    rows = {row: DepthByClassMetric(scenario.info.num_classes, task.protocol) for row in (PRIOR_ROW, model_row)}
+    for batch in scenario.validation_loader(val):
         batch = batch.to(engine.device)
         gt, valid, labels = task.target(batch), task.mask(batch), batch.targets["semseg"]
         with engine.autocast():
@@ -82,16 +88,23 @@ def depth_by_class_table(rows: Mapping[str, DepthByClassMetric], class_names: tu
     return "\n".join(lines)
 
 
-def report_depth_by_class(scenario: DenseScenario, engine: Engine, checkpoint: str) -> str:
-    """Print and store ``eval-<checkpoint stem>-depth-by-class.md`` in the run folder; returns its text."""
+def report_depth_by_class(scenario: DenseScenario, engine: Engine, val: Dataset, checkpoint: str) -> str:
+    """Print and store ``eval-<checkpoint stem>-depth-by-class.md`` and ``.json`` (row -> class name -> share,
+    abs_rel, bias, rmse) in the run folder; returns the markdown."""
     model_row = Path(checkpoint).name
-    rows = depth_by_class(scenario, engine, model_row)
+    rows = depth_by_class(scenario, engine, val, model_row)
+    names = scenario.info.class_names
     protocol = rows[model_row].protocol_description()
     text = "\n".join([
         f"## {scenario.cfg.name}: depth errors by ground-truth class ({scenario.info.name}, validation split "
-        f"'{scenario.cfg.data.val_split}')", "", depth_by_class_table(rows, scenario.info.class_names), "",
+        f"'{scenario.cfg.data.val_split}')", "", depth_by_class_table(rows, names), "",
         "bias: mean signed relative error (pred - gt) / gt, > 0 too far.", "", f"Protocol: {protocol}"]) + "\n"
     if engine.is_main:
         print(text)
-        write_text_atomic(Path(scenario.cfg.workdir) / f"eval-{Path(checkpoint).stem}-depth-by-class.md", text)
+        stem = Path(scenario.cfg.workdir) / f"eval-{Path(checkpoint).stem}-depth-by-class"
+        payload = {"checkpoint": str(checkpoint), "protocol": protocol,
+                   "rows": {row: {"all": m.compute(), **{names[c]: v for c, v in m.per_class().items()}}
+                            for row, m in rows.items()}}
+        write_text_atomic(stem.with_suffix(".md"), text)
+        write_text_atomic(stem.with_suffix(".json"), json.dumps(payload, indent=1) + "\n")
     return text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -127,8 +128,12 @@ def test_predict_and_evaluate_accept_the_weights_file(trained, tmp_path, capsys)
     assert (tmp_path / "eval" / "eval-model.json").is_file()
 
 
+@pytest.mark.slow
 def test_evaluate_splits_the_depth_errors_by_class(trained, tmp_path, capsys):
     assert main(["evaluate", str(trained / "last.pt"), "--depth-by-class", "--workdir", str(tmp_path)]) == 0
+    stored = json.loads((tmp_path / "eval-last-depth-by-class.json").read_text())["rows"]
+    assert set(stored) == {"trivial: pixel prior", "last.pt"} and "road" in stored["last.pt"]
+    assert stored["last.pt"]["all"]["abs_rel"] != stored["trivial: pixel prior"]["all"]["abs_rel"]
     text = (tmp_path / "eval-last-depth-by-class.md").read_text()
     assert text in capsys.readouterr().out
     lines = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| class")]

@@ -32,19 +32,20 @@ def test_each_class_gets_its_own_errors():
     assert sorted(rows) == [0, 1]  # class 2 has no pixel
     assert rows[0] == pytest.approx({"share": 50.0, "abs_rel": 0.0, "bias": 0.0, "rmse": 0.0})
     assert rows[1] == pytest.approx({"share": 50.0, "abs_rel": 0.5, "bias": 0.5, "rmse": 5.0})
-    assert metric.compute() == pytest.approx({"abs_rel": 0.25, "classes": 2})
+    assert metric.compute() == pytest.approx({"abs_rel": 0.25})
 
 
 def test_median_scaling_uses_the_whole_image_not_one_class():
     gt = torch.full((1, 1, 4, 8), 10.0)
     pred = torch.full_like(gt, 20.0)
-    pred[..., 6:] = 40.0  # a quarter of the image, all of it in class 1
+    pred[..., 5:] = 40.0  # 3/8 of the image, 3/4 of class 1: class 1's own median would be 40
     metric = DepthByClassMetric(2, SCALED)
     metric.update(pred, gt, halves())
     rows = metric.per_class()
-    # the image's median is 20 -> scale 0.5: class 0 exact, class 1 half exact and half at 20 m (+100 %)
+    # the image's median is 20 -> scale 0.5: class 0 exact, 3/4 of class 1 at 20 m (+100 %); a per-class median
+    # would give class 1 an AbsRel of 0.125
     assert rows[0]["abs_rel"] == pytest.approx(0.0)
-    assert rows[1]["abs_rel"] == pytest.approx(0.5) and rows[1]["bias"] == pytest.approx(0.5)
+    assert rows[1]["abs_rel"] == pytest.approx(0.75) and rows[1]["bias"] == pytest.approx(0.75)
 
 
 def test_unlabelled_and_invalid_pixels_are_left_out():
@@ -53,11 +54,12 @@ def test_unlabelled_and_invalid_pixels_are_left_out():
     labels = halves()
     labels[..., 1, :] = 255
     pred = torch.full_like(gt, 12.0)
+    pred[..., 1, :] = 30.0  # unlabelled: would raise class errors if it were counted
     metric = DepthByClassMetric(2, RAW)
     metric.update(pred, gt, labels, mask=torch.ones_like(gt, dtype=torch.bool))
-    counts = metric._state["sums"][0]
-    assert counts.tolist() == [8.0, 8.0]  # 2 of 4 rows, 4 columns per class
-    assert metric.per_class()[1]["abs_rel"] == pytest.approx(0.2)
+    rows = metric.per_class()
+    assert rows[0] == pytest.approx({"share": 50.0, "abs_rel": 0.2, "bias": 0.2, "rmse": 2.0})
+    assert rows[1] == pytest.approx(rows[0])
 
 
 def test_pooled_abs_rel_equals_the_depth_metric_per_pixel():
@@ -73,10 +75,14 @@ def test_pooled_abs_rel_equals_the_depth_metric_per_pixel():
     assert sum(shares) == pytest.approx(100.0)
 
 
-def test_labels_must_match_the_target():
+def test_wrong_shapes_and_protocols_are_refused():
     metric = DepthByClassMetric(2, RAW)
     with pytest.raises(ValueError, match="labels must have shape"):
         metric.update(torch.ones(1, 1, 4, 8), torch.ones(1, 1, 4, 8), torch.zeros(1, 4, 7, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"must have shape \(B, 1, h, w\)"):
+        metric.update(torch.ones(1, 3, 4, 8), torch.ones(1, 1, 4, 8), torch.zeros(1, 4, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match="0 < min_depth < max_depth"):
+        DepthByClassMetric(2, DepthProtocol(min_depth=10.0, max_depth=1.0))
 
 
 def test_the_table_has_a_line_per_class_and_the_overall_value():

@@ -5,7 +5,7 @@ evaluation resolution. Labels are compared at data.val_height x data.val_width (
 size, e.g. 1024x2048 for Cityscapes, to evaluate at full label resolution; predictions are upsampled to it).
 
 --depth-by-class also splits the depth errors by ground-truth semantic class, next to the per-pixel prior's
-(eval-<ckpt>-depth-by-class.md; needs semantic labels in the validation split).
+(eval-<ckpt>-depth-by-class.md/json; needs semantic labels in the validation split).
 
 examples:
   mtlda evaluate runs/toycity_sdn_mteb/s0/best.pt
@@ -29,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a key of the checkpoint's config (repeatable)")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--workdir", help="where eval-<ckpt>.md/json go (default: the checkpoint's folder)")
+    parser.add_argument("--workdir", help="where the eval-<ckpt>*.md/json files go (default: the checkpoint's folder)")
     parser.add_argument("--depth-by-class", action="store_true",
                         help="also split the depth errors by ground-truth semantic class (and the pixel prior's)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")

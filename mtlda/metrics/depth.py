@@ -23,6 +23,8 @@ def protocol_prediction(pred: Tensor, target: Tensor, mask: Tensor | None,
     pred (B, 1, h, w) metres; target (B, 1, H, W) metres; mask (B, 1, H, W) bool or None -> float64 (B, 1, H, W)
     prediction, float64 (B, 1, H, W) target, bool (B, 1, H, W) evaluated pixels.
     """
+    if pred.ndim != 4 or pred.shape[1] != 1:
+        raise ValueError(f"depth prediction must have shape (B, 1, h, w), got {tuple(pred.shape)}")
     pred = resize_to(pred, target.shape[-2:]).double()
     gt = target.double()
     valid = full_mask(target, mask) & (gt > protocol.min_depth) & (gt < protocol.max_depth)
@@ -30,6 +32,15 @@ def protocol_prediction(pred: Tensor, target: Tensor, mask: Tensor | None,
         pred = median_scale(pred, gt, valid)
     pred = pred.clamp(protocol.min_depth, protocol.max_depth)
     return pred, torch.where(valid, gt, torch.ones_like(gt)), valid
+
+
+def checked_protocol(protocol: DepthProtocol | None) -> DepthProtocol:
+    """``protocol`` (default: :class:`DepthProtocol`()) after checking 0 < min_depth < max_depth."""
+    protocol = protocol if protocol is not None else DepthProtocol()
+    if not 0 < protocol.min_depth < protocol.max_depth:
+        raise ValueError(f"depth protocol needs 0 < min_depth < max_depth, got {protocol.min_depth}, "
+                         f"{protocol.max_depth}")
+    return protocol
 
 
 class DepthMetric(StreamingMetric):
@@ -43,12 +54,7 @@ class DepthMetric(StreamingMetric):
     """
 
     def __init__(self, protocol: DepthProtocol | None = None) -> None:
-        self.protocol = protocol if protocol is not None else DepthProtocol()
-        if not 0 < self.protocol.min_depth < self.protocol.max_depth:
-            raise ValueError(
-                "depth protocol needs 0 < min_depth < max_depth, "
-                f"got {self.protocol.min_depth}, {self.protocol.max_depth}"
-            )
+        self.protocol = checked_protocol(protocol)
         super().__init__()
 
     def _new_state(self) -> dict[str, Tensor]:
@@ -59,8 +65,6 @@ class DepthMetric(StreamingMetric):
 
     def update(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> None:
         """pred (B, 1, h, w) metres; target (B, 1, H, W) metres; mask (B, 1, H, W) bool."""
-        if pred.ndim != 4 or pred.shape[1] != 1:
-            raise ValueError(f"depth prediction must have shape (B, 1, h, w), got {tuple(pred.shape)}")
         p = self.protocol
         pred, gt_safe, valid = protocol_prediction(pred, target, mask, p)
         ratio = torch.maximum(pred / gt_safe, gt_safe / pred)
@@ -116,14 +120,15 @@ class DepthByClassMetric(StreamingMetric):
     The prediction is scaled and clamped exactly as :class:`DepthMetric` does it over the whole image (median
     scaling uses every evaluated pixel, not one class's), then per class the evaluated pixels are pooled over the
     split: share of the evaluated pixels (%), AbsRel, signed relative error ``mean((pred - gt) / gt)`` (> 0: too
-    far) and RMSE (m). Pixels whose label is outside [0, num_classes) (e.g. 255) are left out.
+    far) and RMSE (m). Pixels whose label is outside [0, num_classes) (e.g. 255) are left out. The protocol's
+    ``per_image`` is not used: a class's pixels are pooled over the split.
     """
 
     def __init__(self, num_classes: int, protocol: DepthProtocol | None = None) -> None:
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
-        self.protocol = protocol if protocol is not None else DepthProtocol()
+        self.protocol = checked_protocol(protocol)
         super().__init__()
 
     def _new_state(self) -> dict[str, Tensor]:
@@ -145,11 +150,10 @@ class DepthByClassMetric(StreamingMetric):
         self._state["sums"].index_add_(1, ids, values)
 
     def compute(self) -> dict[str, float]:
-        """Overall AbsRel of the pooled pixels (``abs_rel``) and the number of classes seen (``classes``)."""
+        """AbsRel of all evaluated pixels pooled (``abs_rel``)."""
         count, abs_sum = self._state["sums"][0], self._state["sums"][1]
         total = count.sum().item()
-        return {"abs_rel": abs_sum.sum().item() / total if total else float("nan"),
-                "classes": int((count > 0).sum().item())}
+        return {"abs_rel": abs_sum.sum().item() / total if total else float("nan")}
 
     def per_class(self) -> dict[int, dict[str, float]]:
         """class id -> {share (%), abs_rel, bias, rmse (m)} for every class with an evaluated pixel."""
@@ -160,5 +164,7 @@ class DepthByClassMetric(StreamingMetric):
                 for c in range(self.num_classes) if count[c] > 0}
 
     def protocol_description(self) -> str:
-        return (DepthMetric(self.protocol).protocol_description()
-                + "; errors pooled per ground-truth class over the split (median scaling over the whole image)")
+        p = self.protocol
+        scaling = "per image (all its evaluated pixels)" if p.median_scaling else "off"
+        return (f"depth: GT in ({p.min_depth:g}, {p.max_depth:g}) m, prediction clamped to [{p.min_depth:g}, "
+                f"{p.max_depth:g}], median scaling {scaling}, errors pooled per ground-truth class over the split")

@@ -262,9 +262,9 @@ class DenseScenario(Scenario):
         return key, self.tasks[task_name].higher_is_better[metric]
 
     # -------------------------------------------------------------------------------------- evaluation
-    def validation_loader(self) -> DataLoader:
-        """This rank's share of the validation split (every sample exactly once over all ranks)."""
-        dataset, dist = self.val_split, self.engine.dist
+    def validation_loader(self, dataset: Dataset | None = None) -> DataLoader:
+        """This rank's share of the validation split, or of ``dataset`` (every sample exactly once over all ranks)."""
+        dataset, dist = self.val_split if dataset is None else dataset, self.engine.dist
         assert dataset is not None, "built with with_data=False"
         if dist.enabled:
             dataset = Subset(dataset, range(dist.rank, len(dataset), dist.world_size))

@@ -13,7 +13,7 @@ import torch
 from mtlda.baselines import evaluate_priors, fit_priors
 from mtlda.config import load_config
 from mtlda.data.registry import build_dataset
-from mtlda.depth_by_class import depth_task, report_depth_by_class
+from mtlda.depth_by_class import labelled_validation_split, report_depth_by_class
 from mtlda.distributed import DistInfo, init_distributed, resolve_device, shutdown_distributed
 from mtlda.files import write_text_atomic
 from mtlda.models.network import format_parameter_counts
@@ -74,14 +74,13 @@ def evaluate_and_report(cfg: ExperimentConfig, checkpoint: str, depth_by_class: 
     as ``eval-<checkpoint name>.md/json`` (the training's own results files are left alone); with
     ``depth_by_class`` also its depth errors by ground-truth class (:mod:`mtlda.depth_by_class`)."""
     engine, scenario = evaluate_checkpoint(cfg, checkpoint)
-    if depth_by_class:
-        depth_task(scenario.tasks)
+    labelled = labelled_validation_split(scenario) if depth_by_class else None
     results = scenario.evaluate_tasks(engine)
     if engine.is_main:
         report(cfg, scenario, results, f"{cfg.name} ({checkpoint})", with_baselines=False,
                stem=f"eval-{Path(checkpoint).stem}")
-    if depth_by_class:
-        report_depth_by_class(scenario, engine, checkpoint)
+    if labelled is not None:
+        report_depth_by_class(scenario, engine, labelled, checkpoint)
     shutdown_distributed()
     return results
 
