@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
 from mtlda.baselines import fit_priors
 from mtlda.data.registry import build_dataset
@@ -22,7 +22,7 @@ from mtlda.files import write_text_atomic
 from mtlda.metrics.depth import DepthByClassMetric
 from mtlda.resize import resize_to
 from mtlda.scenarios.checkpoint import isolated_rng
-from mtlda.scenarios.dense import DenseScenario
+from mtlda.scenarios.dense import DenseScenario, evaluated_part
 from mtlda.scenarios.engine import Engine
 from mtlda.tasks import Task
 
@@ -42,10 +42,7 @@ def labelled_validation_split(scenario: DenseScenario) -> Dataset:
     data set without either fails here, before anything is evaluated."""
     depth_task(scenario.tasks)
     data = scenario.cfg.data
-    val = build_dataset(data, data.val_split, train=False, tasks=["depth", "semseg"])
-    if data.max_val_samples and len(val) > data.max_val_samples:
-        val = Subset(val, range(data.max_val_samples))
-    return val
+    return evaluated_part(build_dataset(data, data.val_split, train=False, tasks=["depth", "semseg"]), data)
 
 
 @torch.no_grad()

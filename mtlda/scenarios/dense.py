@@ -56,6 +56,13 @@ def target_names(tasks: Mapping[str, Task]) -> list[str]:
     return sorted({task.target_name for task in tasks.values()})
 
 
+def evaluated_part(dataset: Dataset, data: DataConfig) -> Dataset:
+    """The samples of a validation ``dataset`` that are scored: the first ``data.max_val_samples`` (0: all)."""
+    if data.max_val_samples and len(dataset) > data.max_val_samples:
+        return Subset(dataset, range(data.max_val_samples))
+    return dataset
+
+
 class DenseScenario(Scenario):
     """Base of the dense scenarios. ``train=False`` builds what evaluation needs (no training split);
     ``with_data=False`` builds no data split at all (prediction on arbitrary images)."""
@@ -125,9 +132,7 @@ class DenseScenario(Scenario):
     def build_split(self, data: DataConfig, split: str, train: bool) -> Dataset:
         targets = sorted(self.tasks) if train else target_names(self.tasks)
         dataset = build_dataset(data, split, train=train, tasks=targets)
-        if not train and data.max_val_samples and len(dataset) > data.max_val_samples:
-            dataset = Subset(dataset, range(data.max_val_samples))
-        return dataset
+        return dataset if train else evaluated_part(dataset, data)
 
     def build_model(self) -> nn.Module:
         """The network on the engine's device: synchronised BatchNorm under torchrun (``model.sync_bn``); for
