@@ -54,10 +54,25 @@ def camera_pose(scene: Scene, offset: int) -> np.ndarray:
     return pose
 
 
-def camera_rays(K: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(H, W, 3) camera-frame ray directions with z = 1, so that the ray parameter is the z-depth."""
-    v, u = np.mgrid[0:height, 0:width].astype(np.float64)
+def camera_rays(K: np.ndarray, height: int, width: int, samples: int = 1) -> np.ndarray:
+    """(samples H, samples W, 3) camera-frame ray directions with z = 1, so that the ray parameter is the
+    z-depth: a ``samples`` x ``samples`` grid of rays spread evenly over each pixel's footprint (``samples`` odd),
+    whose centre ray is the pixel centre's ray exactly (bit for bit the ray of ``samples = 1``)."""
+    if samples < 1 or samples % 2 == 0:
+        raise ValueError(f"camera_rays needs an odd number of samples per pixel side, got {samples}")
+    offsets = (np.arange(samples) - samples // 2) / samples
+    u = (np.arange(width, dtype=np.float64)[:, None] + offsets).reshape(-1)
+    v = (np.arange(height, dtype=np.float64)[:, None] + offsets).reshape(-1)
+    v, u = np.meshgrid(v, u, indexing="ij")
     return np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1)
+
+
+def supersampled_camera(K: np.ndarray, samples: int) -> np.ndarray:
+    """(3, 3) intrinsics of the grid of :func:`camera_rays` with ``samples`` rays per pixel side, in which ray
+    (samples v + i, samples u + j) has the pixel coordinates (v + (i - samples // 2) / samples, u + ...)."""
+    scale = np.diag([samples, samples, 1.0])
+    shift = np.array([[0.0, 0.0, samples // 2], [0.0, 0.0, samples // 2], [0.0, 0.0, 0.0]])
+    return scale @ K + shift
 
 
 _BOX_CORNERS = np.stack(np.meshgrid([0, 3], [1, 4], [2, 5], indexing="ij"), -1).reshape(8, 3)

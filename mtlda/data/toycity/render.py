@@ -7,13 +7,20 @@ from typing import Sequence
 
 import numpy as np
 
-from mtlda.data.toycity.raycast import camera_matrix, camera_pose, camera_rays, cast_rays
+from mtlda.data.toycity.raycast import Hits, camera_matrix, camera_pose, camera_rays, cast_rays, supersampled_camera
 from mtlda.data.toycity.scene import MAX_ABS_OFFSET, MAX_DEPTH, SKY, Scene, street_layout
-from mtlda.data.toycity.shading import shade_flat, shade_textured, shade_tinted
+from mtlda.data.toycity.shading import camera_response, shade_flat, shade_textured, shade_tinted
 
-GENERATOR_VERSION = "2"
+GENERATOR_VERSION = "3"
 
 STYLES = ("flat", "tinted", "textured")
+
+# Rays per pixel side. The textured style is a camera: each pixel averages the radiance of a 3x3 grid of rays over
+# its footprint (a box filter, before the camera's response and noise), so that texture finer than a pixel blurs
+# to its mean as through a lens, instead of aliasing into noise that changes from frame to frame. flat and tinted
+# have no texture and keep one ray per pixel, a simple renderer's look. The grid's centre ray is the pixel
+# centre: depth, labels and normals are exact at pixel centres in every style.
+PIXEL_SAMPLES = {"flat": 1, "tinted": 1, "textured": 3}
 
 
 @dataclass
@@ -40,19 +47,40 @@ def _label_edges(labels: np.ndarray) -> np.ndarray:
     return edges.astype(np.uint8)
 
 
-def _render_frame(scene: Scene, style: str, pose: np.ndarray, K: np.ndarray, rays_cam: np.ndarray,
+def _pixel_centres(hits: Hits, samples: int) -> Hits:
+    """The hits of the centre rays of ``samples`` x ``samples`` ray grids (one grid per pixel)."""
+    centre = (slice(samples // 2, None, samples), slice(samples // 2, None, samples))
+    return Hits(depth=hits.depth[centre], normal=hits.normal[centre], prim=hits.prim[centre])
+
+
+def _footprint_mean(values: np.ndarray, samples: int) -> np.ndarray:
+    """(H, W, C) means of the ``samples`` x ``samples`` blocks of (samples H, samples W, C) ray values."""
+    h, w = values.shape[0] // samples, values.shape[1] // samples
+    return values.reshape(h, samples, w, samples, -1).mean((1, 3))
+
+
+def _render_frame(scene: Scene, style: str, pose: np.ndarray, height: int, width: int,
                   noise_rng: np.random.Generator) -> Frame:
-    """The frame seen from ``pose`` (4, 4) cam_to_world; ``noise_rng`` draws the textured style's sensor noise."""
-    hits = cast_rays(scene, pose, K, rays_cam)
+    """The ``height`` x ``width`` frame seen from ``pose`` (4, 4) cam_to_world; ``noise_rng`` draws the textured
+    style's sensor noise."""
+    samples = PIXEL_SAMPLES[style]
+    K = camera_matrix(height, width)
+    rays_cam = camera_rays(K, height, width, samples)
+    ray_hits = cast_rays(scene, pose, supersampled_camera(K, samples), rays_cam)
+    ray_labels = np.where(ray_hits.prim >= 0, scene.labels[np.maximum(ray_hits.prim, 0)], SKY).astype(np.uint8)
+    if style == "flat":
+        radiance = shade_flat(ray_labels, ray_hits)
+    elif style == "tinted":
+        radiance = shade_tinted(scene, ray_hits)
+    else:
+        radiance = shade_textured(scene, ray_labels, ray_hits, pose, rays_cam)
+    rgb = _footprint_mean(radiance, samples)
+    if style == "textured":
+        rgb = camera_response(scene, rgb, noise_rng)
+    hits = _pixel_centres(ray_hits, samples)
     labels = np.where(hits.prim >= 0, scene.labels[np.maximum(hits.prim, 0)], SKY).astype(np.uint8)
     valid = (hits.prim >= 0) & (hits.depth <= MAX_DEPTH)
     normals = np.where(valid[..., None], hits.normal @ pose[:3, :3], 0.0)
-    if style == "flat":
-        rgb = shade_flat(labels, hits)
-    elif style == "tinted":
-        rgb = shade_tinted(scene, hits)
-    else:
-        rgb = shade_textured(scene, labels, hits, pose, rays_cam, noise_rng)
     return Frame(
         rgb=np.round(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8),
         depth=np.where(valid, hits.depth, 0.0).astype(np.float32),
@@ -60,7 +88,7 @@ def _render_frame(scene: Scene, style: str, pose: np.ndarray, K: np.ndarray, ray
         labels=labels,
         normals=normals.astype(np.float32),
         edges=_label_edges(labels),
-        K=K.copy(),
+        K=K,
         cam_to_world=pose,
     )
 
@@ -86,10 +114,8 @@ def render_sample(index: int, *, style: str = "flat", height: int = 128, width: 
     other offsets are requested, and all styles share geometry, depth, labels, normals and edges exactly."""
     _check_arguments(index, style, height, width, seed, offsets)
     scene = street_layout(np.random.default_rng([seed, index]))
-    K = camera_matrix(height, width)
-    rays_cam = camera_rays(K, height, width)
     return {
-        int(off): _render_frame(scene, style, camera_pose(scene, int(off)), K, rays_cam,
+        int(off): _render_frame(scene, style, camera_pose(scene, int(off)), height, width,
                                 np.random.default_rng([seed, index, int(off) + MAX_ABS_OFFSET, 1]))
         for off in offsets
     }

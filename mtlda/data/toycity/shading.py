@@ -6,6 +6,9 @@ paints), the flat style's shading and a plain sky: natural colours without textu
 simple synthetic renderer gives. ``"textured"``: procedural textures per class (asphalt and lane markings, paving
 slabs, facades with windows, sign plates, foliage, clothes, car paint and glass), a low sun and sky light, distance
 fog, a warm colour shift and sensor noise.
+
+Shading functions return values per ray; :mod:`~mtlda.data.toycity.render` averages the rays of a pixel's
+footprint where a style has one (``PIXEL_SAMPLES``).
 """
 
 from __future__ import annotations
@@ -203,9 +206,9 @@ def _textured_albedo(scene: Scene, labels: np.ndarray, points: np.ndarray, hits:
     return albedo
 
 
-def shade_textured(scene: Scene, labels: np.ndarray, hits: Hits, pose: np.ndarray, rays_cam: np.ndarray,
-                    rng: np.random.Generator) -> np.ndarray:
-    """(H, W, 3) float RGB: textures, low sun + sky light, distance fog, warm colour shift, sensor noise."""
+def shade_textured(scene: Scene, labels: np.ndarray, hits: Hits, pose: np.ndarray, rays_cam: np.ndarray) -> np.ndarray:
+    """(H, W, 3) float linear radiance: textures, low sun + sky light, distance fog (before the camera's
+    response, :func:`camera_response`)."""
     d = rays_cam @ pose[:3, :3].T
     hit = hits.prim >= 0
     horizon, zenith = np.array([0.82, 0.8, 0.74]), np.array([0.3, 0.45, 0.75])
@@ -218,5 +221,11 @@ def shade_textured(scene: Scene, labels: np.ndarray, hits: Hits, pose: np.ndarra
     distance = hits.depth[hit] * np.linalg.norm(d[hit], axis=-1)
     fog = 1.0 - np.exp(-distance / 220.0)
     rgb[hit] = albedo * light[:, None] * (1 - fog[:, None]) + horizon * fog[:, None]
-    rgb = np.maximum(rgb * scene.camera_response, 0.0) ** 0.9
+    return rgb
+
+
+def camera_response(scene: Scene, radiance: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(H, W, 3) float RGB of the textured style's camera from pixel radiance (H, W, 3): per-channel gain (warm
+    colour shift), a 0.9 response exponent and sensor noise (std 0.02) drawn from ``rng``."""
+    rgb = np.maximum(radiance * scene.camera_response, 0.0) ** 0.9
     return rgb + rng.normal(0.0, 0.02, rgb.shape)
