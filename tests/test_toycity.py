@@ -312,4 +312,5 @@ def test_the_textured_camera_averages_each_pixel_footprint_so_frames_agree_under
     point = [_road_warp_error(tc.render_sample(i, style="textured", height=H, width=W, offsets=(0, 1)), 1)
              for i in range(3)]
     assert np.mean(footprint) < 0.8 * np.mean(point)  # measured 0.023 vs 0.033
-    assert np.mean(footprint) < 0.0226 * 1.15
+    # At the noise level, not below it: noise drawn per ray and averaged would give 0.012.
+    assert 0.0226 * 0.8 < np.mean(footprint) < 0.0226 * 1.15
