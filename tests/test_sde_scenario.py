@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow  # trains models (run the fast lane with -m 'not s
 
 ROOT = Path(__file__).resolve().parents[1]
 SDE_EXPERIMENTS = ROOT / "experiments" / "sde"
-PRETRAIN_STEPS = 40
+PRETRAIN_STEPS = 60
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -83,7 +83,8 @@ def multitask_run(pretrained):
 
 def test_pretraining_learns_depth(pretrained):
     _, _, metrics, initial = pretrained
-    # measured: 0.81 at initialisation (a constant depth), 0.48 after 40 steps
+    # measured: 0.81 at initialisation (a constant depth), 0.49 after 60 steps (0.62 after 40, with footprint-averaged
+    # textured images: 40 steps left too small a margin)
     assert metrics["disp/abs_rel"] < 0.8 * initial
     assert metrics["disp/delta1"] > 0
 
@@ -328,9 +329,9 @@ def test_the_multitask_stage_keeps_a_learned_depth(tmp_path):
     """A learning test at the demo's 64x128 on 48 sequences: a 120-step pretrain learns depth, and 60 multi-task
     mTEB steps from it keep that depth (the first release's ungated exchange block lost it).
 
-    Measured (seeds 0 / 1 / 2): pretrain AbsRel 0.32 / 0.34 / 0.28 from 0.75 at initialisation; after the
-    multi-task stage 0.86 / 0.89 / 1.00 times the pretrained AbsRel, and 1.39 / 1.21 / 1.46 times without the gate
-    (``model.block_gate=false``). ~2.5 minutes on 2 cores."""
+    Measured (seeds 0 / 1 / 2): pretrain AbsRel 0.26 / 0.28 / 0.26 from 0.75 at initialisation; after the
+    multi-task stage 0.97 / 0.90 / 0.91 times the pretrained AbsRel, and 1.65 / 1.18 / 1.24 times without the gate
+    (``model.block_gate=false``). ~2 minutes on 2 cores."""
     def small(experiment: str, workdir: Path, *extra: str):
         return load_config(str(SDE_EXPERIMENTS / "toycity" / experiment), [
             "data.toycity.num_train=48", "data.toycity.num_val=12", "data.val_batch_size=12",
