@@ -193,6 +193,15 @@ def test_normals_from_depth_match_analytic_normals_on_planes(triplet):
     assert np.mean(cos[~road] > np.cos(np.radians(1.0))) > 0.9
 
 
+def _reproject(f0: tc.Frame, f1: tc.Frame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(u, v, z) (H, W) each: where frame 0's pixels land in frame 1, and their z-depth there, from frame 0's true
+    depth and both poses."""
+    world = _to_world(_backproject(f0), f0.cam_to_world)
+    in_f1 = (world - f1.cam_to_world[:3, 3]) @ f1.cam_to_world[:3, :3]
+    z = in_f1[..., 2]
+    return f1.K[0, 0] * in_f1[..., 0] / z + f1.K[0, 2], f1.K[1, 1] * in_f1[..., 1] / z + f1.K[1, 2], z
+
+
 def test_world_points_reproject_into_the_next_frame_with_matching_depth(triplet):
     f0, f1 = triplet[0], triplet[1]
     step = f1.cam_to_world[:3, 3] - f0.cam_to_world[:3, 3]
@@ -200,11 +209,7 @@ def test_world_points_reproject_into_the_next_frame_with_matching_depth(triplet)
     assert (f0.cam_to_world[:3, :3].T @ step)[2] > 0.95 * np.linalg.norm(step)  # forward along the optical axis
     assert not np.allclose(f0.cam_to_world[:3, :3], f1.cam_to_world[:3, :3])  # small rotation perturbations
 
-    world = _to_world(_backproject(f0), f0.cam_to_world)
-    in_f1 = (world - f1.cam_to_world[:3, 3]) @ f1.cam_to_world[:3, :3]
-    z = in_f1[..., 2]
-    u = f1.K[0, 0] * in_f1[..., 0] / z + f1.K[0, 2]
-    v = f1.K[1, 1] * in_f1[..., 1] / z + f1.K[1, 2]
+    u, v, z = _reproject(f0, f1)
     inside = f0.valid & (u >= 0) & (u <= W - 1.001) & (v >= 0) & (v <= H - 1.001) & (f0.depth < 60)
 
     # Road: a plane, whose inverse depth is affine in (u, v): bilinear interpolation of frame 1 is exact.
@@ -286,10 +291,7 @@ def test_pixel_footprint_rays_centre_on_the_pixel_ray_and_follow_the_supersample
 def _road_warp_error(frames: dict, source: int) -> float:
     """Mean |I_0 - I_source warped to frame 0| on road pixels, with the true depth and poses (bilinear)."""
     f0, fs = frames[0], frames[source]
-    world = _to_world(_backproject(f0), f0.cam_to_world)
-    cam = (world - fs.cam_to_world[:3, 3]) @ fs.cam_to_world[:3, :3]
-    u = fs.K[0, 0] * cam[..., 0] / cam[..., 2] + fs.K[0, 2]
-    v = fs.K[1, 1] * cam[..., 1] / cam[..., 2] + fs.K[1, 2]
+    u, v, _ = _reproject(f0, fs)
     road = f0.valid & (f0.labels == tc.CLASS_NAMES.index("road"))
     inside = road & (u >= 0) & (u <= W - 1.001) & (v >= 0) & (v <= H - 1.001)
     u0, v0 = np.floor(u[inside]).astype(int), np.floor(v[inside]).astype(int)

@@ -47,10 +47,9 @@ def _label_edges(labels: np.ndarray) -> np.ndarray:
     return edges.astype(np.uint8)
 
 
-def _pixel_centres(hits: Hits, samples: int) -> Hits:
-    """The hits of the centre rays of ``samples`` x ``samples`` ray grids (one grid per pixel)."""
-    centre = (slice(samples // 2, None, samples), slice(samples // 2, None, samples))
-    return Hits(depth=hits.depth[centre], normal=hits.normal[centre], prim=hits.prim[centre])
+def _pixel_centres(samples: int) -> tuple[slice, slice]:
+    """Index of the centre rays of ``samples`` x ``samples`` ray grids (one grid per pixel) in a ray array."""
+    return slice(samples // 2, None, samples), slice(samples // 2, None, samples)
 
 
 def _footprint_mean(values: np.ndarray, samples: int) -> np.ndarray:
@@ -59,13 +58,11 @@ def _footprint_mean(values: np.ndarray, samples: int) -> np.ndarray:
     return values.reshape(h, samples, w, samples, -1).mean((1, 3))
 
 
-def _render_frame(scene: Scene, style: str, pose: np.ndarray, height: int, width: int,
+def _render_frame(scene: Scene, style: str, pose: np.ndarray, K: np.ndarray, rays_cam: np.ndarray,
                   noise_rng: np.random.Generator) -> Frame:
-    """The ``height`` x ``width`` frame seen from ``pose`` (4, 4) cam_to_world; ``noise_rng`` draws the textured
-    style's sensor noise."""
+    """The frame seen from ``pose`` (4, 4) cam_to_world with intrinsics ``K`` through the ray grid ``rays_cam``
+    (:func:`camera_rays` with the style's ``PIXEL_SAMPLES``); ``noise_rng`` draws the textured style's noise."""
     samples = PIXEL_SAMPLES[style]
-    K = camera_matrix(height, width)
-    rays_cam = camera_rays(K, height, width, samples)
     ray_hits = cast_rays(scene, pose, supersampled_camera(K, samples), rays_cam)
     ray_labels = np.where(ray_hits.prim >= 0, scene.labels[np.maximum(ray_hits.prim, 0)], SKY).astype(np.uint8)
     if style == "flat":
@@ -77,8 +74,9 @@ def _render_frame(scene: Scene, style: str, pose: np.ndarray, height: int, width
     rgb = _footprint_mean(radiance, samples)
     if style == "textured":
         rgb = camera_response(scene, rgb, noise_rng)
-    hits = _pixel_centres(ray_hits, samples)
-    labels = np.where(hits.prim >= 0, scene.labels[np.maximum(hits.prim, 0)], SKY).astype(np.uint8)
+    centre = _pixel_centres(samples)
+    hits = Hits(depth=ray_hits.depth[centre], normal=ray_hits.normal[centre], prim=ray_hits.prim[centre])
+    labels = ray_labels[centre]
     valid = (hits.prim >= 0) & (hits.depth <= MAX_DEPTH)
     normals = np.where(valid[..., None], hits.normal @ pose[:3, :3], 0.0)
     return Frame(
@@ -88,7 +86,7 @@ def _render_frame(scene: Scene, style: str, pose: np.ndarray, height: int, width
         labels=labels,
         normals=normals.astype(np.float32),
         edges=_label_edges(labels),
-        K=K,
+        K=K.copy(),
         cam_to_world=pose,
     )
 
@@ -114,8 +112,10 @@ def render_sample(index: int, *, style: str = "flat", height: int = 128, width: 
     other offsets are requested, and all styles share geometry, depth, labels, normals and edges exactly."""
     _check_arguments(index, style, height, width, seed, offsets)
     scene = street_layout(np.random.default_rng([seed, index]))
+    K = camera_matrix(height, width)
+    rays_cam = camera_rays(K, height, width, PIXEL_SAMPLES[style])
     return {
-        int(off): _render_frame(scene, style, camera_pose(scene, int(off)), height, width,
+        int(off): _render_frame(scene, style, camera_pose(scene, int(off)), K, rays_cam,
                                 np.random.default_rng([seed, index, int(off) + MAX_ABS_OFFSET, 1]))
         for off in offsets
     }
