@@ -85,9 +85,10 @@ def depth_by_class_table(rows: Mapping[str, DepthByClassMetric], class_names: tu
     return "\n".join(lines)
 
 
-def report_depth_by_class(scenario: DenseScenario, engine: Engine, val: Dataset, checkpoint: str) -> str:
-    """Print and store ``eval-<checkpoint stem>-depth-by-class.md`` and ``.json`` (row -> class name -> share,
-    abs_rel, bias, rmse) in the run folder; returns the markdown."""
+def report_depth_by_class(scenario: DenseScenario, engine: Engine, val: Dataset, checkpoint: str,
+                          suffix: str = "") -> str:
+    """Print and store ``eval-<checkpoint stem><suffix>-depth-by-class.md`` and ``.json`` (row -> class name ->
+    share, abs_rel, bias, rmse) in the run folder; returns the markdown."""
     model_row = Path(checkpoint).name
     rows = depth_by_class(scenario, engine, val, model_row)
     names = scenario.info.class_names
@@ -98,7 +99,7 @@ def report_depth_by_class(scenario: DenseScenario, engine: Engine, val: Dataset,
         "bias: mean signed relative error (pred - gt) / gt, > 0 too far.", "", f"Protocol: {protocol}"]) + "\n"
     if engine.is_main:
         print(text)
-        stem = Path(scenario.cfg.workdir) / f"eval-{Path(checkpoint).stem}-depth-by-class"
+        stem = Path(scenario.cfg.workdir) / f"eval-{Path(checkpoint).stem}{suffix}-depth-by-class"
         payload = {"checkpoint": str(checkpoint), "protocol": protocol,
                    "rows": {row: {"all": m.compute(), **{names[c]: v for c, v in m.per_class().items()}}
                             for row, m in rows.items()}}

@@ -144,6 +144,24 @@ def test_evaluate_splits_the_depth_errors_by_class(trained, tmp_path, capsys):
     assert sum(shares) == pytest.approx(100.0, abs=0.1 * len(shares))
 
 
+@pytest.mark.slow
+def test_evaluate_with_adabn_stores_a_row_of_its_own_and_leaves_the_checkpoint(trained, tmp_path, capsys):
+    checkpoint = trained / "last.pt"
+    stored = checkpoint.read_bytes()
+    assert main(["evaluate", str(checkpoint), "--workdir", str(tmp_path)]) == 0
+    assert main(["evaluate", str(checkpoint), "--adabn", "6", "--workdir", str(tmp_path)]) == 0
+    plain, adapted = (json.loads((tmp_path / f"eval-last{s}.json").read_text()) for s in ("", "-adabn6"))
+    assert adapted["name"] == plain["name"] + "_adabn6" and adapted["key"] == plain["key"]
+    assert adapted["results"] != plain["results"]  # the statistics changed the predictions
+    assert "re-estimated on the first 6 images of the 'train' split" in (tmp_path / "eval-last-adabn6.md").read_text()
+    assert checkpoint.read_bytes() == stored
+
+
+def test_evaluate_refuses_a_negative_adabn_count(monkeypatch, capsys):
+    code, _, err = run_console(["evaluate", "missing.pt", "--adabn", "-3"], monkeypatch, capsys)
+    assert code == 2 and "--adabn" in err and ">= 1" in err
+
+
 def test_export_weights_refuses_to_overwrite_its_checkpoint(tmp_path, monkeypatch, capsys):
     checkpoint = tmp_path / "last.pt"
     checkpoint.write_bytes(b"training state")

@@ -150,3 +150,12 @@ def test_plots_folder_can_be_chosen(tmp_path, monkeypatch, capsys):
     assert code == 0
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [
         "confusion_my_run_1.png", "curves.png", "iou.png"]
+
+
+def test_evaluation_stems_get_no_training_curves(tmp_path, monkeypatch, capsys):
+    runs = [write_run(tmp_path / f"a{s}", "x", s, 80.0 + s, 0.1, None) for s in (0, 1)]
+    for folder in runs:
+        (folder / "results.json").rename(folder / "eval-last-adabn8.json")
+    code, out, _ = run([*runs, "--stem", "eval-last-adabn8", "--plots", tmp_path / "figures"], monkeypatch, capsys)
+    assert code == 0 and "| x (seeds 0,1) |" in out
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["confusion_x.png", "iou.png"]

@@ -7,10 +7,16 @@ size, e.g. 1024x2048 for Cityscapes, to evaluate at full label resolution; predi
 --depth-by-class also splits the depth errors by ground-truth semantic class, next to the per-pixel prior's
 (eval-<ckpt>-depth-by-class.md/json; needs semantic labels in the validation split).
 
+--adabn N first re-estimates every BatchNorm layer's statistics on the first N images of the data set's training
+split (AdaBN; labels unused): for a model trained on a source domain only, the adaptation baseline that needs no
+training. Files eval-<ckpt>-adabnN.md/json, experiment name <name>_adabnN (aggregate them over seeds with
+mtlda results --stem eval-last-adabnN RUNS); the checkpoint is not changed.
+
 examples:
   mtlda evaluate runs/toycity_sdn_mteb/s0/best.pt
   mtlda evaluate runs/toycity_sde_pretrain/s0/best.pt --depth-by-class
   mtlda evaluate ckpt.pt --set data.val_split=test --set data.val_height=1024 --set data.val_width=2048
+  mtlda evaluate runs/uda_toycity_sd_mteb_source-only/s0/last.pt --adabn 60
 """
 
 from __future__ import annotations
@@ -32,8 +38,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workdir", help="where the eval-<ckpt>*.md/json files go (default: the checkpoint's folder)")
     parser.add_argument("--depth-by-class", action="store_true",
                         help="also split the depth errors by ground-truth semantic class (and the pixel prior's)")
+    parser.add_argument("--adabn", type=int, default=0, metavar="N",
+                        help="re-estimate the BatchNorm statistics on the first N training-split images first (AdaBN)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     args = parser.parse_args(argv)
+    if args.adabn < 0:
+        parser.error(f"--adabn: the number of images must be >= 1 (or 0: off), got {args.adabn}")
     overrides = list(args.overrides)
     if args.device:
         overrides.append(f"device={args.device}")
@@ -42,5 +52,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.print_config:
         print_config(cfg)
         return 0
-    evaluate_and_report(cfg, args.checkpoint, depth_by_class=args.depth_by_class)
+    evaluate_and_report(cfg, args.checkpoint, depth_by_class=args.depth_by_class, adabn_images=args.adabn)
     return 0

@@ -12,7 +12,8 @@ from its single-task references' seeds. The Markdown output also has the per-cla
 Plots (--plots DIR; default: the folder of --md, none without --md):
 - curves.png: from each run's scalars.csv, the total and per-task training losses, then the validation metrics of
   the table's columns, one panel each, mean over seeds with a ± one std band; 480x320 pixels per panel, up to 3
-  panels a row;
+  panels a row; only for the training's own results (not with --stem eval-*, whose numbers the training's
+  curves do not show);
 - iou.png (semseg): per-class IoU bars per experiment, mean ± std over seeds, 1200x500 pixels;
 - confusion_<experiment>.png (semseg): the confusion matrix summed over seeds, row-normalised; square, 260 + 36
   pixels per class a side, at least 480.
@@ -265,20 +266,22 @@ def curve_tags(logged: Sequence[str], tasks: Sequence[str]) -> list[str]:
     return train + (val or [tag for tag in defaults if tag.startswith("val/")])
 
 
-def write_plots(experiments: Sequence[Experiment], classes: Sequence[str], folder: Path) -> list[Path]:
-    """curves.png, iou.png and confusion_<experiment>.png (see the module doc) in ``folder``; the written paths."""
+def write_plots(experiments: Sequence[Experiment], classes: Sequence[str], folder: Path,
+                curves: bool = True) -> list[Path]:
+    """curves.png (with ``curves``), iou.png and confusion_<experiment>.png (see the module doc) in ``folder``; the
+    written paths."""
     from mtlda import plots
     from mtlda.runlog import SCALARS_NAME, read_scalars
 
     written = []
     scalars = {e.runs[0].name: [read_scalars(run.folder) for run in e.runs if (run.folder / SCALARS_NAME).is_file()]
-               for e in experiments}
+               for e in experiments} if curves else {}
     scalars = {name: seeds for name, seeds in scalars.items() if any(seeds)}
     if scalars:
         tags = curve_tags([tag for seeds in scalars.values() for run in seeds for tag in run],
                           sorted({task for e in experiments for task in e.mean}))
         written.append(plots.training_curves(scalars, folder / "curves.png", tags=tags, band="std"))
-    else:
+    elif curves:
         print(f"note: no run has a {SCALARS_NAME}: curves.png not written", file=sys.stderr)
     with_semseg = [e for e in experiments if "semseg" in e.mean]
     if with_semseg and classes:
@@ -329,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     experiments = [aggregate(members) for members in groups.values()]
     classes = class_names(experiments)
     plot_dir = args.plots or (args.md.parent if args.md else None)
-    written = write_plots(experiments, classes, plot_dir) if plot_dir is not None else []
+    written = write_plots(experiments, classes, plot_dir, curves=args.stem == "results") if plot_dir is not None else []
     text = markdown(experiments, runs[0].payload["dataset"], protocols, classes, plot_links(written, args.md))
     print(text)
     if args.md:

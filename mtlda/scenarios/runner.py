@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mtlda.adabn import recalibrate_batchnorm
 from mtlda.baselines import evaluate_priors, fit_priors
 from mtlda.config import load_config
 from mtlda.data.registry import build_dataset
@@ -69,18 +71,30 @@ def checkpoint_config(path: str, overrides: Sequence[str]) -> ExperimentConfig:
     return load_config(None, overrides, stored=load_checkpoint(path)["config"])
 
 
-def evaluate_and_report(cfg: ExperimentConfig, checkpoint: str, depth_by_class: bool = False) -> dict:
+def evaluate_and_report(cfg: ExperimentConfig, checkpoint: str, depth_by_class: bool = False,
+                        adabn_images: int = 0) -> dict:
     """``--evaluate CKPT``: metrics of the checkpoint on the validation split, printed and stored beside the run
     as ``eval-<checkpoint name>.md/json`` (the training's own results files are left alone); with
-    ``depth_by_class`` also its depth errors by ground-truth class (:mod:`mtlda.depth_by_class`)."""
+    ``depth_by_class`` also its depth errors by ground-truth class (:mod:`mtlda.depth_by_class`). With
+    ``adabn_images`` > 0 the BatchNorm statistics are first re-estimated on that many unlabelled images of the
+    evaluated data set's training split (:mod:`mtlda.adabn`); the files are then ``eval-<name>-adabn<N>.*`` and
+    the experiment is named ``<name>_adabn<N>`` in them, a row of its own in ``mtlda results``."""
     engine, scenario = evaluate_checkpoint(cfg, checkpoint)
+    suffix, notes = (f"-adabn{adabn_images}" if adabn_images else ""), []
+    if adabn_images:
+        data = cfg.data
+        used = recalibrate_batchnorm(scenario.inference_model(), scenario.build_split(data, data.train_split, False),
+                                     adabn_images, data.batch_size, engine.device)
+        cfg = replace(cfg, name=f"{cfg.name}_adabn{adabn_images}")
+        notes.append(f"AdaBN: BatchNorm statistics re-estimated on the first {used} images of the "
+                     f"'{data.train_split}' split (labels unused) before evaluation")
     labelled = labelled_validation_split(scenario) if depth_by_class else None
     results = scenario.evaluate_tasks(engine)
     if engine.is_main:
         report(cfg, scenario, results, f"{cfg.name} ({checkpoint})", with_baselines=False,
-               stem=f"eval-{Path(checkpoint).stem}")
+               stem=f"eval-{Path(checkpoint).stem}{suffix}", notes=notes)
     if labelled is not None:
-        report_depth_by_class(scenario, engine, labelled, checkpoint)
+        report_depth_by_class(scenario, engine, labelled, checkpoint, suffix)
     shutdown_distributed()
     return results
 

@@ -1,0 +1,58 @@
+"""AdaBN: BatchNorm statistics re-estimated on unlabelled images, weights untouched, labels never read."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mtlda.adabn import batchnorm_layers, recalibrate_batchnorm
+from mtlda.data.batch import Sample
+
+CPU = torch.device("cpu")
+
+
+def images(count: int, offset: float) -> list[Sample]:
+    g = torch.Generator().manual_seed(count)
+    return [Sample(image=torch.rand(3, 4, 6, generator=g) * (1 + i % 3) + offset, K=torch.eye(3), id=str(i))
+            for i in range(count)]
+
+
+def test_the_statistics_are_those_of_the_first_images_and_nothing_else_changes():
+    model = nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 2, 1))
+    model[0].running_mean.fill_(5.0)
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    data = images(10, offset=-2.0)
+    used = recalibrate_batchnorm(model, data, num_images=8, batch_size=4, device=CPU)
+    assert used == 8 and not model.training
+    first = torch.stack([s.image for s in data[:8]])
+    assert torch.allclose(model[0].running_mean, first.mean((0, 2, 3)), atol=1e-6)
+    # cumulative average over the two batches of the unbiased per-batch variances (BatchNorm's own estimator)
+    per_batch = [b.transpose(0, 1).reshape(3, -1).var(1) for b in first.split(4)]
+    assert torch.allclose(model[0].running_var, torch.stack(per_batch).mean(0), atol=1e-5)
+    assert model[0].momentum == 0.1  # restored
+    for k, v in model.state_dict().items():
+        if k in weights:
+            assert torch.equal(v, weights[k]), k
+
+
+def test_a_larger_count_than_the_data_set_uses_every_image_and_dropout_draws_are_fixed():
+    def net() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 4, 1), nn.Dropout(0.5), nn.BatchNorm2d(4))
+
+    a, b = net(), net()
+    assert recalibrate_batchnorm(a, images(6, 0.0), 100, 4, CPU) == 6
+    torch.manual_seed(123)  # the caller's random state neither changes the result nor is consumed
+    before = torch.get_rng_state()
+    recalibrate_batchnorm(b, images(6, 0.0), 100, 4, CPU)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert torch.equal(a[2].running_mean, b[2].running_mean) and torch.equal(a[2].running_var, b[2].running_var)
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="num_images >= 1"):
+        recalibrate_batchnorm(nn.BatchNorm2d(3), images(2, 0.0), 0, 4, CPU)
+    with pytest.raises(ValueError, match="no BatchNorm"):
+        recalibrate_batchnorm(nn.Conv2d(3, 3, 1), images(2, 0.0), 2, 4, CPU)
+    assert batchnorm_layers(nn.Sequential(nn.BatchNorm2d(3), nn.SyncBatchNorm(3))) != []
