@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from mtlda.adabn import batchnorm_layers, recalibrate_batchnorm
+from mtlda.adabn import batches_of_at_least_two, batchnorm_layers, recalibrate_batchnorm
 from mtlda.data.batch import Sample
 
 CPU = torch.device("cpu")
@@ -50,9 +50,43 @@ def test_a_larger_count_than_the_data_set_uses_every_image_and_dropout_draws_are
     assert torch.equal(a[2].running_mean, b[2].running_mean) and torch.equal(a[2].running_var, b[2].running_var)
 
 
+class NeedsTwo(nn.Module):
+    """A BatchNorm network that refuses a training batch of one image, as ASPP's image pooling does."""
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__()
+        self.bn, self.fail = nn.BatchNorm2d(3), fail
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and (x.shape[0] < 2 or self.fail):
+            raise ValueError(f"a training batch of {x.shape[0]}")
+        return self.bn(x)
+
+
+def test_no_batch_holds_a_single_image():
+    assert batches_of_at_least_two(5, 4) == [[0, 1, 2, 3, 4]]
+    assert batches_of_at_least_two(9, 4) == [[0, 1, 2, 3], [4, 5, 6, 7, 8]]
+    assert batches_of_at_least_two(8, 4) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert batches_of_at_least_two(3, 1) == [[0, 1, 2]] and batches_of_at_least_two(4, 1) == [[0, 1], [2, 3]]
+    model = NeedsTwo()
+    assert recalibrate_batchnorm(model, images(5, 0.0), 5, 4, CPU) == 5
+    assert recalibrate_batchnorm(model, images(4, 0.0), 10, 1, CPU) == 4  # batches of two at least
+
+
+def test_a_failing_pass_leaves_the_statistics_as_they_were():
+    model = NeedsTwo(fail=True)
+    model.bn.running_mean.fill_(3.0)
+    with pytest.raises(ValueError, match="training batch"):
+        recalibrate_batchnorm(model, images(4, 0.0), 4, 2, CPU)
+    assert torch.equal(model.bn.running_mean, torch.full((3,), 3.0)) and model.bn.momentum == 0.1
+    assert int(model.bn.num_batches_tracked) == 0 and not model.training
+
+
 def test_bad_arguments_are_refused():
-    with pytest.raises(ValueError, match="num_images >= 1"):
-        recalibrate_batchnorm(nn.BatchNorm2d(3), images(2, 0.0), 0, 4, CPU)
+    with pytest.raises(ValueError, match="num_images >= 2"):
+        recalibrate_batchnorm(nn.BatchNorm2d(3), images(2, 0.0), 1, 4, CPU)
+    with pytest.raises(ValueError, match="num_images >= 2"):
+        recalibrate_batchnorm(nn.BatchNorm2d(3), images(1, 0.0), 8, 4, CPU)
     with pytest.raises(ValueError, match="no BatchNorm"):
         recalibrate_batchnorm(nn.Conv2d(3, 3, 1), images(2, 0.0), 2, 4, CPU)
     assert batchnorm_layers(nn.Sequential(nn.BatchNorm2d(3), nn.SyncBatchNorm(3))) != []

@@ -149,7 +149,9 @@ def test_evaluate_with_adabn_stores_a_row_of_its_own_and_leaves_the_checkpoint(t
     checkpoint = trained / "last.pt"
     stored = checkpoint.read_bytes()
     assert main(["evaluate", str(checkpoint), "--workdir", str(tmp_path)]) == 0
-    assert main(["evaluate", str(checkpoint), "--adabn", "6", "--workdir", str(tmp_path)]) == 0
+    # the validation cut (max_val_samples) does not cut the training images AdaBN reads
+    assert main(["evaluate", str(checkpoint), "--adabn", "6", "--set", "data.max_val_samples=4",
+                 "--workdir", str(tmp_path)]) == 0
     plain, adapted = (json.loads((tmp_path / f"eval-last{s}.json").read_text()) for s in ("", "-adabn6"))
     assert adapted["name"] == plain["name"] + "_adabn6" and adapted["key"] == plain["key"]
     assert adapted["results"] != plain["results"]  # the statistics changed the predictions
@@ -157,9 +159,10 @@ def test_evaluate_with_adabn_stores_a_row_of_its_own_and_leaves_the_checkpoint(t
     assert checkpoint.read_bytes() == stored
 
 
-def test_evaluate_refuses_a_negative_adabn_count(monkeypatch, capsys):
-    code, _, err = run_console(["evaluate", "missing.pt", "--adabn", "-3"], monkeypatch, capsys)
-    assert code == 2 and "--adabn" in err and ">= 1" in err
+def test_evaluate_refuses_an_adabn_count_below_two(monkeypatch, capsys):
+    for count in ("-3", "1"):
+        code, _, err = run_console(["evaluate", "missing.pt", "--adabn", count], monkeypatch, capsys)
+        assert code == 2 and "--adabn" in err and ">= 2" in err
 
 
 def test_export_weights_refuses_to_overwrite_its_checkpoint(tmp_path, monkeypatch, capsys):

@@ -159,3 +159,6 @@ def test_evaluation_stems_get_no_training_curves(tmp_path, monkeypatch, capsys):
     code, out, _ = run([*runs, "--stem", "eval-last-adabn8", "--plots", tmp_path / "figures"], monkeypatch, capsys)
     assert code == 0 and "| x (seeds 0,1) |" in out
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["confusion_x.png", "iou.png"]
+    files = [folder / "eval-last-adabn8.json" for folder in runs]  # the files themselves, with the default stem
+    assert run([*files, "--plots", tmp_path / "direct"], monkeypatch, capsys)[0] == 0
+    assert sorted(p.name for p in (tmp_path / "direct").iterdir()) == ["confusion_x.png", "iou.png"]

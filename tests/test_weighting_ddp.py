@@ -15,6 +15,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from mtlda.distributed import shutdown_distributed
 from mtlda.weighting import all_reduce_mean_, build_weighting, rank_mean_losses, weighted_backward
 
 pytestmark = pytest.mark.slow  # trains models (run the fast lane with -m 'not slow')
@@ -83,7 +84,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     try:
         torch.save({name: _train(name, rank, world) for name in METHODS}, f"{out}.{rank}")
     finally:
-        dist.destroy_process_group()
+        shutdown_distributed()  # a barrier first: no rank tears gloo down while its peer still talks to it
 
 
 def test_two_ranks_on_halves_equal_one_process_on_the_whole_batch(tmp_path, one_thread):

@@ -42,8 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="re-estimate the BatchNorm statistics on the first N training-split images first (AdaBN)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     args = parser.parse_args(argv)
-    if args.adabn < 0:
-        parser.error(f"--adabn: the number of images must be >= 1 (or 0: off), got {args.adabn}")
+    if args.adabn < 0 or args.adabn == 1:
+        parser.error(f"--adabn: the number of images must be >= 2 (or 0: off), got {args.adabn}")
     overrides = list(args.overrides)
     if args.device:
         overrides.append(f"device={args.device}")

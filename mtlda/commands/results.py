@@ -12,8 +12,8 @@ from its single-task references' seeds. The Markdown output also has the per-cla
 Plots (--plots DIR; default: the folder of --md, none without --md):
 - curves.png: from each run's scalars.csv, the total and per-task training losses, then the validation metrics of
   the table's columns, one panel each, mean over seeds with a ± one std band; 480x320 pixels per panel, up to 3
-  panels a row; only for the training's own results (not with --stem eval-*, whose numbers the training's
-  curves do not show);
+  panels a row; only for the trainings' own results.json (not for eval-*.json files, whose numbers the
+  trainings' curves do not show);
 - iou.png (semseg): per-class IoU bars per experiment, mean ± std over seeds, 1200x500 pixels;
 - confusion_<experiment>.png (semseg): the confusion matrix summed over seeds, row-normalised; square, 260 + 36
   pixels per class a side, at least 480.
@@ -58,9 +58,13 @@ REQUIRED_KEYS = ("name", "seed", "dataset", "results", "protocol")
 class Run:
     """One finished run: its folder, its results payload and its resolved config (None without config.yaml)."""
 
-    folder: Path
+    file: Path  # the results JSON read
     payload: dict[str, Any]
     config: dict[str, Any] | None
+
+    @property
+    def folder(self) -> Path:
+        return self.file.parent
 
     @property
     def name(self) -> str:
@@ -104,7 +108,7 @@ def load_run(path: Path, stem: str) -> Run:
                              "of finished runs")
     config_file = file.parent / "config.yaml"
     config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else None
-    return Run(file.parent, payload, config)
+    return Run(file, payload, config)
 
 
 def check_comparable(runs: Sequence[Run]) -> dict[str, str]:
@@ -332,7 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     experiments = [aggregate(members) for members in groups.values()]
     classes = class_names(experiments)
     plot_dir = args.plots or (args.md.parent if args.md else None)
-    written = write_plots(experiments, classes, plot_dir, curves=args.stem == "results") if plot_dir is not None else []
+    training = all(run.file.name == "results.json" for run in runs)  # an evaluation's numbers are not on the curves
+    written = write_plots(experiments, classes, plot_dir, curves=training) if plot_dir is not None else []
     text = markdown(experiments, runs[0].payload["dataset"], protocols, classes, plot_links(written, args.md))
     print(text)
     if args.md:

@@ -83,8 +83,8 @@ def evaluate_and_report(cfg: ExperimentConfig, checkpoint: str, depth_by_class: 
     suffix, notes = (f"-adabn{adabn_images}" if adabn_images else ""), []
     if adabn_images:
         data = cfg.data
-        used = recalibrate_batchnorm(scenario.inference_model(), scenario.build_split(data, data.train_split, False),
-                                     adabn_images, data.batch_size, engine.device)
+        images = build_dataset(data, data.train_split, train=False, tasks=[])  # images only, every one of them
+        used = recalibrate_batchnorm(scenario.inference_model(), images, adabn_images, data.batch_size, engine.device)
         cfg = replace(cfg, name=f"{cfg.name}_adabn{adabn_images}")
         notes.append(f"AdaBN: BatchNorm statistics re-estimated on the first {used} images of the "
                      f"'{data.train_split}' split (labels unused) before evaluation")
