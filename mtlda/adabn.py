@@ -57,14 +57,13 @@ def recalibrate_batchnorm(model: nn.Module, dataset: Dataset, num_images: int, b
         for batch in loader:
             yield batch.image.to(device)
 
-    saved = {id(m): ({k: v.clone() for k, v in m.state_dict().items()}, m.momentum) for m in layers}
+    saved = [(m, {k: v.clone() for k, v in m.state_dict().items()}, m.momentum) for m in layers]
     try:
         with isolated_rng():
             torch.manual_seed(ADABN_SEED)
             update_bn(images(), model)
     except BaseException:
-        for m in layers:
-            state, momentum = saved[id(m)]
+        for m, state, momentum in saved:
             m.load_state_dict(state)
             m.momentum = momentum
         raise

@@ -80,9 +80,9 @@ def evaluate_and_report(cfg: ExperimentConfig, checkpoint: str, depth_by_class: 
     evaluated data set's training split (:mod:`mtlda.adabn`); the files are then ``eval-<name>-adabn<N>.*`` and
     the experiment is named ``<name>_adabn<N>`` in them, a row of its own in ``mtlda results``."""
     engine, scenario = evaluate_checkpoint(cfg, checkpoint)
-    suffix, notes = (f"-adabn{adabn_images}" if adabn_images else ""), []
+    suffix, notes = "", []
     if adabn_images:
-        data = cfg.data
+        data, suffix = cfg.data, f"-adabn{adabn_images}"
         images = build_dataset(data, data.train_split, train=False, tasks=[])  # images only, every one of them
         used = recalibrate_batchnorm(scenario.inference_model(), images, adabn_images, data.batch_size, engine.device)
         cfg = replace(cfg, name=f"{cfg.name}_adabn{adabn_images}")
