@@ -6,10 +6,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from mtlda.constants import IGNORE_INDEX
 from mtlda.data import cityscapes
+from mtlda.data.augment import AugmentConfig
 from mtlda.data.batch import collate
 from mtlda.data.cityscapes import CityscapesDataset
 from mtlda.data.io import DatasetError
@@ -19,6 +21,7 @@ from mtlda.data.synthia import SynthiaDataset
 from mtlda.data.toycity import render_sample
 from mtlda.data.toycity_export import CITYSCAPES_BASELINE, VAL_INDEX_OFFSET, export_toycity
 from mtlda.data.vkitti2 import VKITTI2Dataset, split_frames
+from mtlda.geometry import normals_from_depth
 
 H, W = 64, 128
 NUM_TRAIN, NUM_VAL = 3, 2
@@ -138,12 +141,34 @@ def test_nyudv2_ground_truth_normals_and_edges(roots):
 
 
 @pytest.mark.parametrize("fmt", ["cityscapes", "synthia", "vkitti2"])
-def test_normals_from_depth_agree_with_the_renderer(roots, fmt):
-    s, truth = _load(roots, fmt)[0], _truth("train", 0)
-    both = s.masks["normals"][0].numpy() & truth.valid
-    cos = (s.targets["normals"].permute(1, 2, 0).numpy() * truth.normals).sum(-1)[both]
-    assert both.sum() > 0.3 * H * W
-    assert np.median(cos) > math.cos(math.radians(3.0))
+@pytest.mark.parametrize("scale", [1.0, 0.5, 1.5])
+def test_normals_from_depth_agree_with_the_renderer(roots, fmt, scale):
+    # at another size than the files' the normals must come from the files' depth: from nearest-resized depth and
+    # the rescaled K they were 16 degrees off (median) at 1.5x
+    size = (int(H * scale), int(W * scale))
+    s, truth = _load(roots, fmt, size=size)[0], _truth("train", 0)
+    resized = F.interpolate(torch.from_numpy(truth.normals).permute(2, 0, 1)[None], size=size, mode="nearest-exact")
+    inside = F.interpolate(torch.from_numpy(truth.valid)[None, None].float(), size=size, mode="nearest-exact") > 0
+    both = s.masks["normals"] & inside[0]
+    cos = (s.targets["normals"] * resized[0]).sum(0)[both[0]]
+    assert both.sum() > 0.3 * size[0] * size[1]
+    assert cos.median() > math.cos(math.radians(3.0))
+
+
+def test_derived_normals_equal_the_prepared_ones_under_resize_and_zoom(roots, tmp_path):
+    root = tmp_path / "cs"
+    shutil.copytree(roots / "cityscapes", root)
+    augment = AugmentConfig(crop=(80, 160), flip=True, scale_range=(1.2, 1.4))
+    ds = CityscapesDataset(root, "train", ["normals"], (96, 192), class_set_name="toycity", augment=augment)
+    torch.manual_seed(3)
+    derived = ds[1]
+    whole = CityscapesDataset(root, "train", ["depth"], (H, W), class_set_name="toycity")[1]
+    normals, valid = normals_from_depth(whole.targets["depth"][None], whole.K[None], whole.masks["depth"][None])
+    write_normals(normals_path(root, ds._depth_file(1)), normals[0].permute(1, 2, 0).numpy(), valid[0, 0].numpy())
+    torch.manual_seed(3)
+    prepared = ds[1]
+    assert torch.equal(derived.masks["normals"], prepared.masks["normals"]) and derived.masks["normals"].any()
+    assert torch.allclose(derived.targets["normals"], prepared.targets["normals"], atol=1e-4)
 
 
 def test_real_class_sets_on_toycity(roots):
@@ -183,8 +208,6 @@ def test_depth_files_are_read_only_when_needed(roots, monkeypatch):
 
 
 def test_augmented_training_samples_collate(roots):
-    from mtlda.data.augment import AugmentConfig
-
     ds = _load(roots, "cityscapes", augment=AugmentConfig(crop=(48, 96), flip=True, scale_range=(0.8, 1.2),
                                                           color_jitter=0.2))
     batch = next(iter(DataLoader(ds, batch_size=3, collate_fn=collate)))

@@ -171,7 +171,9 @@ def test_depth_hand_computed_per_pixel_and_per_image():
     image = DepthMetric(DepthProtocol(per_image=True))
     image.update(pred, gt, mask)
     out = image.compute()
-    assert math.isclose(out["rmse"], (math.sqrt(0.5) + math.sqrt(50)) / 2)
+    # the official DenseMTL protocol: root of the mean per-image MSE (not the mean of per-image RMSEs, 3.89)
+    assert math.isclose(out["rmse"], math.sqrt((0.5 + 50) / 2))
+    assert math.isclose(out["rmse_log"], math.sqrt((math.log(2) ** 2 / 2 + math.log(2) ** 2 / 2) / 2))
     assert math.isclose(out["abs_rel"], (0.25 + 0.5) / 2)
 
 
@@ -244,6 +246,16 @@ def test_normals_identity_mask_and_median():
     ident = NormalsMetric()
     ident.update(gt, gt)
     assert ident.compute()["mean"] < 1e-6
+
+
+def test_normals_zero_prediction_scores_ninety_degrees():
+    gt = torch.tensor([0.0, 0.0, 1.0])[None, :, None, None].expand(1, 3, 2, 2).clone()
+    pred = gt.clone()
+    pred[..., 0, :] = 0.0  # no direction in the top row: not a perfect answer
+    m = NormalsMetric()
+    m.update(pred, gt)
+    out = m.compute()
+    assert math.isclose(out["mean"], 45.0) and out["within_30"] == 50
 
 
 def test_normals_streaming_and_reduction():

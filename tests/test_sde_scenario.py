@@ -238,6 +238,9 @@ def test_configuration_errors_name_the_key_to_fix(pretrained, tmp_path):
     with pytest.raises(ValueError, match="data.frames"):
         check_sde_config(cfg, train=True)
     check_sde_config(cfg, train=False)
+    cfg = sde_config(tmp, "pretrain.yaml", tmp_path / "bad", "data.scale_jitter=[0.8, 1.2]")
+    with pytest.raises(UserInputError, match="black borders"):
+        check_sde_config(cfg, train=True)
     cfg = sde_config(tmp, "pretrain.yaml", tmp_path / "bad", "train.selection_metric=delta")
     engine = Engine(cfg, Path(cfg.workdir), torch.device("cpu"), show_progress=False)
     assert SDEScenario(cfg, engine, train=False).selection() == ("disp/abs_rel", False)  # no delta: fallback

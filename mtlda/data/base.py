@@ -1,4 +1,4 @@
-"""The pipeline every loader shares: file-resolution sample -> resize -> augmentation -> normals -> Sample.
+"""The pipeline every loader shares: file-resolution sample -> (derived normals) -> resize -> augmentation -> Sample.
 
 A loader subclasses :class:`DenseDataset`, declares what its data set is as class attributes (name, root variable,
 depth cap, the archive of each folder, class sets, official counts, the targets its files hold), registers itself
@@ -21,7 +21,10 @@ and augmentation, which then treat the target by its kind.
 
 Normals for data sets without ground truth come from ``<normals_root>/normals_mtlda/...``
 (``scripts/prepare_normals.py``; ``normals_root`` defaults to the data set root) when that file exists, else they
-are computed from the final (resized and augmented) depth and K with :func:`mtlda.geometry.normals_from_depth`.
+are computed with :func:`mtlda.geometry.normals_from_depth` from the depth and K at the files' resolution (as
+``prepare_normals`` does) whenever resize or zoom resamples the sample, then resized and augmented as normals: depth
+resampled with nearest sampling no longer lies where the rescaled K puts it (a 1.3x zoom gave normals ~15 degrees
+off a rendered plane). Without resampling (flips and crops only) they are computed from the final depth and K.
 Depth is read only when depth or computed normals need it.
 
 Evaluation resolution: a validation loader is built with the validation size (``data.val_height/val_width``);
@@ -255,15 +258,24 @@ class DenseDataset(Dataset, ABC):
         return sample
 
     def __getitem__(self, index: int) -> Sample:
-        sample = resize_sample(self.read_files(index), *self.size)
+        sample = self.read_files(index)
+        derive_normals = "normals" in self.tasks and "normals" not in sample.targets
+        if derive_normals and self._resamples(sample):
+            sample = _with_normals_from_depth(sample)
+        sample = resize_sample(sample, *self.size)
         if self.augment is not None:
             sample = random_augment(sample, self.augment)
-        if "normals" in self.tasks and "normals" not in sample.targets:
+        if derive_normals and "normals" not in sample.targets:
             sample = _with_normals_from_depth(sample)
         if "depth" not in self.tasks:
             sample.targets.pop("depth", None)
             sample.masks.pop("depth", None)
         return sample
+
+    def _resamples(self, sample: Sample) -> bool:
+        """Whether resize or zoom will resample the file-resolution ``sample`` (flips and crops only move pixels)."""
+        zooms = self.augment is not None and tuple(self.augment.scale_range) != (1.0, 1.0)
+        return zooms or tuple(sample.image.shape[-2:]) != tuple(self.size)
 
     def _precomputed_normals_file(self, index: int) -> Path | None:
         if "normals" not in self.tasks or self.has_normals_gt:

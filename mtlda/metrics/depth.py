@@ -50,7 +50,8 @@ class DepthMetric(StreamingMetric):
     image by median(GT) / median(prediction) over those pixels; then it is clamped into [min_depth, max_depth].
     Per-pixel averaging pools all evaluated pixels of the split (RMSE = sqrt of the pooled mean squared error);
     per-image averaging computes every metric per image and averages over images with at least one evaluated
-    pixel (per-image RMSE = mean of the per-image RMSEs, as the official DenseMTL code does).
+    pixel; its RMSE (and RMSE-log) is the square root of the mean per-image squared error, as the official DenseMTL
+    code computes the paper's RMSE (Monodepth2 averages per-image RMSEs instead, which is never larger).
     """
 
     def __init__(self, protocol: DepthProtocol | None = None) -> None:
@@ -84,7 +85,6 @@ class DepthMetric(StreamingMetric):
         if p.per_image:
             n = valid.flatten(1).sum(1).double()
             means = per_pixel.flatten(2).sum(2) / n.clamp_min(1)  # (7, B)
-            means[2:4] = means[2:4].sqrt()
             used = n > 0
             self._state["sums"] += (means * used).sum(1)
             self._state["count"] += used.sum()
@@ -98,9 +98,8 @@ class DepthMetric(StreamingMetric):
             return {name: float("nan") for name in DEPTH_METRIC_NAMES}
         means = (self._state["sums"] / count).tolist()
         out = dict(zip(DEPTH_METRIC_NAMES, means))
-        if not self.protocol.per_image:
-            out["rmse"] = math.sqrt(out["rmse"])
-            out["rmse_log"] = math.sqrt(out["rmse_log"])
+        out["rmse"] = math.sqrt(out["rmse"])
+        out["rmse_log"] = math.sqrt(out["rmse_log"])
         for k in ("delta1", "delta2", "delta3"):
             out[k] *= 100
         return out
@@ -110,7 +109,7 @@ class DepthMetric(StreamingMetric):
         return (
             f"depth: GT in ({p.min_depth:g}, {p.max_depth:g}) m, prediction clamped to [{p.min_depth:g}, "
             f"{p.max_depth:g}], median scaling {'per image' if p.median_scaling else 'off'}, "
-            f"{'per-image' if p.per_image else 'per-pixel'} averaging"
+            f"{'per-image averaging (RMSE: root of the mean per-image MSE)' if p.per_image else 'per-pixel averaging'}"
         )
 
 

@@ -16,17 +16,19 @@ ANGLE_THRESHOLDS = (11.25, 22.5, 30.0)
 
 
 def angular_error(pred: Tensor, target: Tensor) -> Tensor:
-    """(B, H, W) float64 degrees between (B, 3, H, W) vector fields (both normalised first)."""
+    """(B, H, W) float64 degrees between (B, 3, H, W) vector fields (both normalised first). A zero prediction has
+    no direction and scores 90 degrees (atan2 would give it 0: a perfect score)."""
     p = unit_vectors(pred.double())
     g = unit_vectors(target.double())
     cross = torch.linalg.cross(p, g, dim=1).norm(dim=1)
-    return torch.rad2deg(torch.atan2(cross, (p * g).sum(dim=1)))
+    angles = torch.rad2deg(torch.atan2(cross, (p * g).sum(dim=1)))
+    return torch.where(p.square().sum(dim=1) > 0, angles, torch.full_like(angles, 90.0))
 
 
 class NormalsMetric(StreamingMetric):
     """Angular error (degrees) between unit normals per valid pixel: mean, median, % under 11.25/22.5/30.
 
-    The error is atan2(|p x g|, p . g) with both vectors normalised. The mean and the threshold fractions are
+    The error is atan2(|p x g|, p . g) with both vectors normalised (90 degrees where the prediction is zero). The mean and the threshold fractions are
     exact; the median over all pixels of the split is read from a histogram of 0.01-degree bins (the centre of
     the bin that holds the lower median), so it is exact to 0.005 degrees and reducible across ranks. Valid
     pixels: the mask and a non-zero target.

@@ -70,6 +70,10 @@ def check_sde_config(cfg: ExperimentConfig, train: bool) -> None:
                              "e.g. [0, 0, -1.0e-3] (forward motion) or [0, 0, 0]")
     if train and sde.disp_scales and not cfg.data.frames:
         raise UserInputError("the sde scenario learns depth from neighbouring frames: set data.frames=[-1, 1]")
+    if train and sde.disp_scales and cfg.data.scale_jitter[0] < 1:
+        raise UserInputError(f"data.scale_jitter {cfg.data.scale_jitter} zooms out, which pads the frames with black "
+                             "borders that the photometric loss would try to match: use a minimum of at least 1 "
+                             "(e.g. data.scale_jitter=[1.0, 1.2])")
 
 
 def build_pose_net(cfg: ExperimentConfig) -> PoseNet:
