@@ -11,7 +11,8 @@ without ``sync_bn`` (per-rank batches).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,8 +43,25 @@ class DistInfo:
         return self.world_size > 1
 
 
+_rank_local_depth = 0
+
+
 def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """Whether collectives run: a process group of several ranks, outside :func:`rank_local`."""
+    return (_rank_local_depth == 0 and dist.is_available() and dist.is_initialized()
+            and dist.get_world_size() > 1)
+
+
+@contextmanager
+def rank_local() -> Iterator[None]:
+    """Inside it this process reduces over itself only: for work one rank does alone (image panels), whose
+    statistics (e.g. the source depth range) would otherwise wait for collectives the other ranks never join."""
+    global _rank_local_depth
+    _rank_local_depth += 1
+    try:
+        yield
+    finally:
+        _rank_local_depth -= 1
 
 
 def init_distributed(device_type: str) -> DistInfo:
@@ -222,6 +240,26 @@ def average_gradients_(parameters: Iterable[nn.Parameter]) -> None:
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     for param, grad, mean in zip(params, grads, all_reduce_mean(grads)):
         param.grad = grad.copy_(mean)  # in place: the parameter's memory format (fused optimisers assume it)
+
+
+def broadcast_buffers_(modules: Iterable[nn.Module]) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics, spectral-norm vectors), in place, one
+    broadcast per dtype: what DistributedDataParallel does for the modules it wraps, for those it does not. Without
+    it each rank's running statistics follow its own batches, and the ranks' validation shards are scored by
+    models that differ from the saved one."""
+    if not is_distributed():
+        return
+    by_dtype: dict[torch.dtype, list[Tensor]] = {}
+    for buffer in (b for module in modules for b in module.buffers()):
+        by_dtype.setdefault(buffer.dtype, []).append(buffer)
+    for dtype in sorted(by_dtype, key=str):
+        buffers = by_dtype[dtype]
+        flat = _collective_device(torch.cat([b.detach().reshape(-1) for b in buffers]))
+        dist.broadcast(flat, src=0)
+        start = 0
+        for b in buffers:
+            b.copy_(flat[start:start + b.numel()].reshape(b.shape))
+            start += b.numel()
 
 
 class GlobalBatchNorm2d(nn.BatchNorm2d):

@@ -12,14 +12,17 @@ import os
 import signal
 import socket
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from torch import nn
 
 from mtlda.config import load_config
 from mtlda.data.registry import build_dataset
 from mtlda.distributed import init_distributed, shutdown_distributed
+from mtlda.scenarios.dense import DenseScenario
 from mtlda.errors import Interrupted
 from mtlda.scenarios import scenario_class
 from mtlda.scenarios.checkpoint import load_checkpoint
@@ -38,7 +41,8 @@ UDA_SOURCE = ["uda.source.height=32", "uda.source.width=64", "uda.source.toycity
               "uda.source.batch_size=4"]
 CASES = {
     "supervised": ("experiments/supervised/toycity/sdn_mteb.yaml", []),
-    "uda": ("experiments/uda/toycity/sd_mteb.yaml", UDA_SOURCE),
+    # panels on rank 0 alone mid-run: their source depth range must not wait for the other rank (it hung before)
+    "uda": ("experiments/uda/toycity/sd_mteb.yaml", [*UDA_SOURCE, "train.image_every=2"]),
     "uncertainty": ("experiments/supervised/toycity/sd_mteb.yaml", ["tasks.weighting={name: uncertainty}"]),
     "pcgrad": ("experiments/supervised/toycity/sd_none.yaml", ["tasks.weighting={name: pcgrad}"]),
 }
@@ -140,3 +144,31 @@ def test_the_logged_loss_is_the_global_batch_loss(runs):
     assert [s for s, _ in single] == [s for s, _ in ddp]
     for (_, a), (_, b) in zip(single, ddp):
         assert a == pytest.approx(b, rel=1e-4)
+
+
+def _buffers_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist = init_distributed("cpu")
+    network, pose = nn.BatchNorm2d(3), nn.Sequential(nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3))
+    for module in (network, pose):
+        module(torch.randn(4, 3, 5, 5) + 10 * rank)  # running statistics of this rank's batches
+    local = {k: v.clone() for k, v in network.named_buffers()}
+    scenario = SimpleNamespace(extra={"pose": pose}, weighting=nn.Module(), uses_ddp=False, model=network)
+    DenseScenario.synchronise_gradients(scenario, SimpleNamespace(dist=dist))
+    torch.save({"local": local, "network": dict(network.named_buffers()), "pose": dict(pose.named_buffers())},
+               f"{out}/{rank}.pt")
+    shutdown_distributed()
+
+
+def test_modules_ddp_does_not_wrap_get_rank_0s_buffers(tmp_path):
+    """UDA's network and the SDE pose net are not DDP-wrapped: without sync_bn their BatchNorm running statistics
+    followed each rank's batches, so the ranks' validation shards were scored by different models."""
+    mp.spawn(_buffers_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2)
+    rank0, rank1 = torch.load(tmp_path / "0.pt"), torch.load(tmp_path / "1.pt")
+    assert not torch.allclose(rank0["local"]["running_mean"], rank1["local"]["running_mean"])
+    for module in ("network", "pose"):
+        for key, value in rank0[module].items():
+            assert torch.equal(rank1[module][key], value), f"{module}.{key}"
+    assert torch.equal(rank1["network"]["running_mean"], rank0["local"]["running_mean"])

@@ -113,6 +113,19 @@ def test_loss_scaling_trains_like_unscaled_and_skips_overflowing_steps(weighting
     assert all(torch.equal(p, q) for p, q in zip(scaled.scenario.model.parameters(), params))
 
 
+def test_source_only_uda_steps_with_a_loss_scaler(tmp_path: Path) -> None:
+    """Source-only UDA keeps discriminators that no gradient reaches; the fp16 path's GradScaler refuses to step an
+    optimiser without unscaled gradients, so the engine must leave theirs alone."""
+    comparison = plan.Comparison("scenarios", "uda", plan.QUICK_SIZE, 2, ("plain",), 0, 1)
+    case = bench_cases.build_case(comparison, plan.VARIANTS["plain"], CPU, tmp_path,  # fused Adam would not tell
+                                  [*TINY_MODEL, "uda.enabled=false"])
+    case.engine.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    discriminators = case.scenario.extra["discriminators"]
+    before = [p.detach().clone() for p in discriminators.parameters()]
+    assert torch.isfinite(torch.tensor(losses(case, 2))).all()
+    assert all(torch.equal(p, q) for p, q in zip(discriminators.parameters(), before))
+
+
 def test_fp16_autocast_trains_on_the_cpu_with_a_scaler(tmp_path: Path) -> None:
     """The fp16 branch end to end where torch allows it (CPU fp16 autocast), bypassing the engine's CPU refusal."""
     (case,) = _cases(("bf16",), tmp_path)

@@ -12,6 +12,8 @@ from torch import nn
 from mtlda.benchmarking import plan, random_data
 from mtlda.benchmarking.cases import case_config
 from mtlda.scenarios.engine import Engine
+from mtlda.scenarios.optim import build_optimizer
+from mtlda.schema import OptimConfig
 from mtlda.scenarios.registry import scenario_class
 from mtlda.weighting import (
     WEIGHTINGS,
@@ -120,6 +122,19 @@ def test_uncertainty_value_and_gradient_match_the_formula():
     expected = [1 - math.exp(-s) * 2.0, 1 - math.exp(-s) * 0.5]
     torch.testing.assert_close(method.log_variances.grad.double(), _vec(*expected))
     assert float(losses["a"].grad) == pytest.approx(math.exp(-s))
+
+
+def test_learnable_task_weights_get_no_weight_decay():
+    method = build_weighting("uncertainty", TWO, ONES, {"init_log_variance": -4.0})
+    decoder = nn.Parameter(torch.ones(2))
+    opt = build_optimizer({"decoders": [decoder], "weighting": list(method.parameters())},
+                          OptimConfig(name="sgd", lr={"decoders": 1.0, "weighting": 1.0}, weight_decay=5e-4))
+    for group in opt.param_groups:
+        for p in group["params"]:
+            p.grad = torch.zeros_like(p)
+    opt.step()  # zero gradients: only weight decay moves a parameter, and it must leave the log-variances alone
+    assert {g["name"]: g["weight_decay"] for g in opt.param_groups} == {"decoders": 5e-4, "weighting": 0.0}
+    assert torch.equal(method.log_variances.detach(), torch.full((2,), -4.0)) and (decoder < 1).all()
 
 
 def test_uncertainty_reaches_log_loss_on_constant_losses():

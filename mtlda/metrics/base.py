@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from mtlda.distributed import is_distributed
+
 
 def full_mask(target: Tensor, mask: Tensor | None) -> Tensor:
     """(B, 1, H, W) bool: ``mask`` or all True for a (B, C, H, W) / (B, H, W) target."""
@@ -60,7 +62,7 @@ class StreamingMetric:
 
     def all_reduce(self) -> None:
         """Sum the state over all ranks when torch.distributed is initialised (no-op otherwise)."""
-        if not (dist.is_available() and dist.is_initialized()):
+        if not is_distributed():
             return
         device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
         for key in sorted(self._state):

@@ -28,10 +28,10 @@ def angular_error(pred: Tensor, target: Tensor) -> Tensor:
 class NormalsMetric(StreamingMetric):
     """Angular error (degrees) between unit normals per valid pixel: mean, median, % under 11.25/22.5/30.
 
-    The error is atan2(|p x g|, p . g) with both vectors normalised (90 degrees where the prediction is zero). The mean and the threshold fractions are
-    exact; the median over all pixels of the split is read from a histogram of 0.01-degree bins (the centre of
-    the bin that holds the lower median), so it is exact to 0.005 degrees and reducible across ranks. Valid
-    pixels: the mask and a non-zero target.
+    The error is atan2(|p x g|, p . g) with both vectors normalised (90 degrees where the prediction is zero).
+    The mean and the threshold fractions are exact; the median over all pixels of the split is read from a
+    histogram of 0.01-degree bins (the centre of the bin that holds the lower median), so it is exact to 0.005
+    degrees and reducible across ranks. Valid pixels: the mask and a non-zero target.
     """
 
     def _new_state(self) -> dict[str, Tensor]:

@@ -22,6 +22,7 @@ from mtlda.data.registry import DatasetInfo, build_dataset, dataset_info
 from mtlda.data.sampling import infinite_batches
 from mtlda.distributed import (
     average_gradients_,
+    broadcast_buffers_,
     convert_sync_batchnorm,
     ddp_options,
     loader_workers,
@@ -185,10 +186,13 @@ class DenseScenario(Scenario):
             self.model = nn.parallel.DistributedDataParallel(self.model, **ddp_options(engine.device))
 
     def synchronise_gradients(self, engine: Engine) -> None:
+        """Under torchrun, before the optimiser step: average the gradients of the modules DDP does not wrap and
+        give them rank 0's buffers (DDP does both for the network it wraps)."""
         if not engine.dist.enabled:
             return
         modules = [*self.extra.values(), self.weighting] + ([] if self.uses_ddp else [self.model])
         average_gradients_(p for module in modules for p in module.parameters())
+        broadcast_buffers_(modules)
 
     def backward_tasks(self, losses: Mapping[str, Tensor], terms: dict[str, Tensor], engine: Engine,
                        extra: Tensor | None = None) -> Tensor:

@@ -28,7 +28,15 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from mtlda.config import save_config, to_dict
-from mtlda.distributed import DistInfo, PeerFailure, all_reduce_mean, barrier, gather_objects, is_peer_failure
+from mtlda.distributed import (
+    DistInfo,
+    PeerFailure,
+    all_reduce_mean,
+    barrier,
+    gather_objects,
+    is_peer_failure,
+    rank_local,
+)
 from mtlda.errors import UserInputError
 from mtlda.panel_layout import write_picture
 from mtlda.runlog import RunLogger, format_postfix
@@ -119,6 +127,9 @@ class Engine:
         assert self.scenario is not None
         self.scenario.synchronise_gradients(self)
         for name, opt in self.optimizers.items():
+            if all(p.grad is None for g in opt.param_groups for p in g["params"]):
+                opt.step()  # no gradient reached it (source-only UDA's discriminators): a no-op that GradScaler refuses
+                continue
             clip = self.specs[name].settings.grad_clip if self.specs[name].clip else 0.0
             if clip > 0:
                 self.scaler.unscale_(opt)
@@ -216,7 +227,7 @@ class Engine:
 
     def _log_images(self) -> None:
         assert self.scenario is not None
-        with isolated_rng():
+        with isolated_rng(), rank_local():
             panels = self.scenario.image_panels(self)
         if self.writer is not None:
             for name, image in panels.items():

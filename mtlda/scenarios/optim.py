@@ -13,12 +13,16 @@ from mtlda.schema import OptimConfig
 
 # Devices with fused Adam and SGD kernels in every supported torch (>= 2.4).
 _FUSED_DEVICES = ("cpu", "cuda")
+# Groups without weight decay: learnable task weights (uncertainty weighting's log-variances), which decay would
+# pull towards weights of 1.
+UNDECAYED_GROUPS = ("weighting",)
 
 
 def build_optimizer(groups: Mapping[str, Sequence[nn.Parameter]], cfg: OptimConfig) -> torch.optim.Optimizer:
     """One optimiser whose parameter groups carry a ``name`` and the learning rate ``cfg.lr[name]``.
 
-    Every non-empty group needs a learning rate in ``cfg.lr``: a missing one is an error naming the group. The
+    Every non-empty group needs a learning rate in ``cfg.lr``: a missing one is an error naming the group; every
+    group but those in ``UNDECAYED_GROUPS`` has ``cfg.weight_decay``. The
     update runs fused (one kernel for all tensors, on CPU and CUDA) where torch offers it, else ``foreach``.
     """
     param_groups = []
@@ -31,7 +35,8 @@ def build_optimizer(groups: Mapping[str, Sequence[nn.Parameter]], cfg: OptimConf
                 f"no learning rate for parameter group {name!r}: set optim.lr.{name} "
                 f"(groups with rates: {', '.join(sorted(cfg.lr))})"
             )
-        param_groups.append({"params": params, "lr": cfg.lr[name], "name": name})
+        decay = 0.0 if name in UNDECAYED_GROUPS else cfg.weight_decay
+        param_groups.append({"params": params, "lr": cfg.lr[name], "name": name, "weight_decay": decay})
     if not param_groups:
         raise UserInputError("nothing to optimise: every parameter group is empty or frozen")
     kernel = _kernel_choice([p for group in param_groups for p in group["params"]])

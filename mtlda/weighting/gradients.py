@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from mtlda.distributed import is_distributed
 from mtlda.weighting.base import Weighting, WeightingError
 
 
@@ -77,7 +78,7 @@ def flat_task_gradients(
 def all_reduce_mean_(tensors: Sequence[Tensor]) -> None:
     """Average ``tensors`` in place over the default process group, in one flattened all_reduce call; a no-op when
     torch.distributed is not initialised or has one process. Every rank must call it with the same shapes."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1 or not tensors:
+    if not is_distributed() or not tensors:
         return
     world = dist.get_world_size()
     if len(tensors) == 1 and tensors[0].is_contiguous():
