@@ -12,6 +12,7 @@ from torch import nn
 from mtlda.benchmarking import plan, random_data
 from mtlda.benchmarking.cases import case_config
 from mtlda.scenarios.engine import Engine
+from mtlda.scenarios.evaluation import task_losses
 from mtlda.scenarios.optim import build_optimizer
 from mtlda.schema import OptimConfig
 from mtlda.scenarios.registry import scenario_class
@@ -567,3 +568,29 @@ def test_a_training_step_logs_the_task_weights(name, tmp_path):
     assert set(logged) == {"weights/depth", "weights/semseg"}
     for task, loss in scenario._step_losses.items():
         assert float(out.terms[f"{task}/weighted"]) == pytest.approx(logged[f"weights/{task}"] * float(loss))
+
+
+@pytest.mark.parametrize("experiment", ["sd_mteb", "sd_none"])
+def test_every_parameter_several_tasks_reach_is_balanced(experiment, tmp_path):
+    """Gradient-level methods balance the gradients of every parameter that more than one task's loss reaches:
+    with mTEB also the decoder blocks that feed the exchange block (they got the plain sum of the task gradients,
+    conflicting ones included, before); the heads and the exchange modules, which one task reaches, are not."""
+    subject = plan.Subject(experiment, f"experiments/supervised/toycity/{experiment}.yaml", toycity=True)
+    cfg = case_config(subject, plan.VARIANTS["default"], (32, 64), 2, torch.device("cpu"), tmp_path,
+                      ["model.backbone=resnet18", "model.decoder_channels=[8,8,16,16,16]", "model.aspp_rates=[1,2,3]",
+                       "tasks.weighting={name: pcgrad}"])
+    engine = Engine(cfg, tmp_path, torch.device("cpu"), show_progress=False)
+    scenario = random_data.with_random_data(scenario_class(cfg.scenario))(cfg, engine, True)
+    engine.attach(scenario)
+    batch = next(scenario.train_batches(0))
+    losses, _ = task_losses(scenario.model(batch.image), scenario.tasks, batch)
+    shared, specific = scenario._shared_and_specific(losses)
+    params = [*shared.values(), *specific]
+    reach = torch.zeros(len(params), dtype=torch.int64)
+    for loss in losses.values():
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        reach += torch.tensor([g is not None for g in grads])
+    backbone = sum(name.startswith("backbone.") for name in shared)
+    assert (reach[backbone:len(shared)] == 2).all() and (reach[len(shared):] <= 1).all()
+    decoders = sum(name.startswith("decoders.") for name in shared)
+    assert (decoders > 0) == (experiment == "sd_mteb") and not any(n.startswith("exchange.") for n in shared)

@@ -40,6 +40,7 @@ from mtlda.scenarios.panels import prediction_panel
 from mtlda.schema import DataConfig, ExperimentConfig
 from mtlda.tasks import Task, build_tasks, task_weights
 from mtlda.weighting import Weighting, build_weighting, rank_mean_losses, weighted_backward
+from mtlda.weighting.gradients import reached_parameters
 
 PANEL_IMAGES = 4
 PANEL_SEED = 0
@@ -83,6 +84,7 @@ class DenseScenario(Scenario):
         self.weights = self.task_weights()
         self.weighting: Weighting = self.build_weighting().to(engine.device)
         self._step_losses: dict[str, Tensor] = {}
+        self._shared_names: set[str] | None = None
         self.train_split: Dataset | None = None
         self.val_split: Dataset | None = None
         if with_data:
@@ -199,7 +201,7 @@ class DenseScenario(Scenario):
         """Backpropagate the task losses (each Eq. 6 over its scales, unweighted) through ``tasks.weighting``, plus
         an unweighted ``extra`` term (UDA's adversarial loss); returns the total for logging and records
         ``<task>/weighted`` terms. Loss-level methods combine the losses; gradient-level methods combine the
-        per-task gradients of the shared parameters (encoder and exchange block)."""
+        per-task gradients of the shared parameters (:meth:`_shared_and_specific`)."""
         losses = dict(sorted(losses.items()))
         self._step_losses = {name: loss.detach() for name, loss in losses.items()}
         if self.weighting.level == "loss":
@@ -209,11 +211,7 @@ class DenseScenario(Scenario):
         else:
             if extra is not None:
                 engine.backward(extra)
-            groups = unwrap(self.model).param_groups()
-            shared = {f"{group}.{i}": p for group in ("backbone", "exchange") for i, p in
-                      enumerate(groups.get(group, []))}
-            specific = [p for name, params in groups.items() if name not in ("backbone", "exchange")
-                        for p in params] + self.extra_task_parameters()
+            shared, specific = self._shared_and_specific(losses)
             scaler = engine.scaler if engine.scaler.is_enabled() else None
             weights = weighted_backward(self.weighting, losses, shared, specific, scaler)
             total = torch.stack([weights[name] * loss.detach() for name, loss in losses.items()]).sum()
@@ -223,6 +221,26 @@ class DenseScenario(Scenario):
         total = total.detach() if extra is None else (total + extra).detach()
         terms["total"] = total
         return total
+
+    def _shared_and_specific(self, losses: Mapping[str, Tensor]) -> tuple[dict[str, nn.Parameter],
+                                                                        list[nn.Parameter]]:
+        """The network's shared parameters by name (``<group>.<index>``): the encoder's and every other one that more
+        than one task's loss reaches (with an exchange block, the decoder blocks that feed it); and the rest, each
+        reached by one task (its head, its exchange modules, :meth:`extra_task_parameters`). Read once from the
+        first step's autograd graph."""
+        if self._shared_names is None:
+            reach: dict[int, int] = {}
+            for loss in losses.values():
+                for key in reached_parameters(loss):
+                    reach[key] = reach.get(key, 0) + 1
+            groups = unwrap(self.model).param_groups()
+            self._shared_names = {f"{group}.{i}" for group, params in groups.items() for i, p in enumerate(params)
+                                  if group == "backbone" or reach.get(id(p), 0) > 1}
+        named = {f"{group}.{i}": p for group, params in unwrap(self.model).param_groups().items()
+                 for i, p in enumerate(params)}
+        shared = {name: p for name, p in named.items() if name in self._shared_names}
+        specific = [p for name, p in named.items() if name not in self._shared_names]
+        return shared, specific + self.extra_task_parameters()
 
     def extra_task_parameters(self) -> list[nn.Parameter]:
         """Parameters outside the network that the task losses train (SDE: the pose net); none by default."""

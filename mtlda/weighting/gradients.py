@@ -32,6 +32,24 @@ class ScalerLike(Protocol):
     def get_scale(self) -> float: ...
 
 
+def reached_parameters(loss: Tensor) -> set[int]:
+    """ids of the leaf tensors (parameters) that ``loss``'s autograd graph accumulates gradients into: a walk of
+    the graph, no gradient computed."""
+    seen: set[int] = set()
+    leaves: set[int] = set()
+    stack = [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        variable = getattr(node, "variable", None)
+        if variable is not None:
+            leaves.add(id(variable))
+        stack.extend(child for child, _ in node.next_functions)
+    return leaves
+
+
 def _gradient_matrix(
     losses: Sequence[Tensor], params: Sequence[Tensor], retain_graph: bool, extra_columns: int = 0
 ) -> tuple[Tensor, list[bool]]:
