@@ -9,6 +9,7 @@ batches, its training step and its extra modules (discriminators, pose network).
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any, ClassVar
@@ -84,7 +85,7 @@ class DenseScenario(Scenario):
         self.weights = self.task_weights()
         self.weighting: Weighting = self.build_weighting().to(engine.device)
         self._step_losses: dict[str, Tensor] = {}
-        self._shared_names: set[str] | None = None
+        self._split: tuple[dict[str, nn.Parameter], list[nn.Parameter]] | None = None
         self.train_split: Dataset | None = None
         self.val_split: Dataset | None = None
         if with_data:
@@ -228,19 +229,17 @@ class DenseScenario(Scenario):
         than one task's loss reaches (with an exchange block, the decoder blocks that feed it); and the rest, each
         reached by one task (its head, its exchange modules, :meth:`extra_task_parameters`). Read once from the
         first step's autograd graph."""
-        if self._shared_names is None:
-            reach: dict[int, int] = {}
-            for loss in losses.values():
-                for key in reached_parameters(loss):
-                    reach[key] = reach.get(key, 0) + 1
-            groups = unwrap(self.model).param_groups()
-            self._shared_names = {f"{group}.{i}" for group, params in groups.items() for i, p in enumerate(params)
-                                  if group == "backbone" or reach.get(id(p), 0) > 1}
-        named = {f"{group}.{i}": p for group, params in unwrap(self.model).param_groups().items()
-                 for i, p in enumerate(params)}
-        shared = {name: p for name, p in named.items() if name in self._shared_names}
-        specific = [p for name, p in named.items() if name not in self._shared_names]
-        return shared, specific + self.extra_task_parameters()
+        if self._split is None:
+            reach = Counter(key for loss in losses.values() for key in reached_parameters(loss))
+            shared, specific = {}, []
+            for group, params in unwrap(self.model).param_groups().items():
+                for i, p in enumerate(params):
+                    if group == "backbone" or reach[id(p)] > 1:
+                        shared[f"{group}.{i}"] = p
+                    else:
+                        specific.append(p)
+            self._split = shared, specific + self.extra_task_parameters()
+        return self._split
 
     def extra_task_parameters(self) -> list[nn.Parameter]:
         """Parameters outside the network that the task losses train (SDE: the pose net); none by default."""
