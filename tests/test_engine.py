@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import signal
 import socket
 from pathlib import Path
@@ -259,3 +260,141 @@ def test_bf16_autocast_runs_and_keeps_fp32_weights(tmp_path):
     scenario, _ = _run(cfg)
     assert all(p.dtype == torch.float32 for p in scenario.model.parameters())
     assert all(math.isfinite(v) for v in scenario.losses)
+
+
+class ScriptedScenario(ToyScenario):
+    """Validation scores by iteration (``scores``), selection ``key`` (higher better with ``higher``); a crash
+    (an exception, no save) during step ``crash_at + 1``; a square root at 0 (finite loss, NaN gradient) in step
+    ``nan_gradient_at + 1``."""
+
+    def __init__(self, cfg, engine, scores=None, key="toy/mse", higher=False, crash_at=None, nan_gradient_at=None):
+        super().__init__(cfg, engine)
+        self.scores, self.key, self.higher = scores or {}, key, higher
+        self.crash_at, self.nan_gradient_at = crash_at, nan_gradient_at
+
+    def train_step(self, batch, engine):
+        if engine.iteration == self.crash_at:
+            raise RuntimeError("simulated crash")
+        if engine.iteration != self.nan_gradient_at:
+            return super().train_step(batch, engine)
+        weight = self.model[0].weight
+        loss = nn.functional.mse_loss(self.model(batch[0]), batch[1]) + ((weight - weight.detach()) ** 2).sum().sqrt()
+        engine.backward(loss)
+        return StepOutput({"total": loss.detach()}, loss.detach())
+
+    def validate(self, engine):
+        return {self.key: self.scores.get(engine.iteration, 9.0)}
+
+    def selection(self):
+        return self.key, self.higher
+
+
+def _scripted(cfg, resume=False, **kw):
+    engine = Engine(cfg, Path(cfg.workdir), torch.device("cpu"), show_progress=False)
+    try:
+        engine.fit(ScriptedScenario(cfg, engine, **kw), resume=resume)
+    finally:
+        engine.close()
+    return engine
+
+
+def test_best_checkpoint_is_the_same_after_a_crash_and_resume(tmp_path):
+    """last.pt written at a validation iteration knows that validation's best score: a resumed run keeps best.pt."""
+    scores = {3: 1.0, 6: 0.5, 9: 0.8, 10: 0.9}
+    extra = {"train.val_every": 3, "train.checkpoint_every": 3}
+    _scripted(_cfg(tmp_path / "full", iterations=10, **extra), scores=scores)
+    assert load_checkpoint(tmp_path / "full" / "best.pt")["iteration"] == 6
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _scripted(_cfg(tmp_path / "split", iterations=10, **extra), scores=scores, crash_at=7)
+    assert load_checkpoint(tmp_path / "split" / "last.pt")["best"] == {"metric": "toy/mse", "value": 0.5,
+                                                                      "iteration": 6}
+    _scripted(_cfg(tmp_path / "split", iterations=10, **extra), resume=True, scores=scores)
+    assert load_checkpoint(tmp_path / "split" / "best.pt")["iteration"] == 6
+
+
+def test_best_score_starts_again_when_the_selection_metric_changes(tmp_path):
+    extra = {"train.val_every": 2, "train.checkpoint_every": 2}
+    _scripted(_cfg(tmp_path, iterations=4, **extra), scores={2: 40.0, 4: 30.0}, key="semseg/miou", higher=True)
+    engine = Engine(_cfg(tmp_path, iterations=8, **extra), tmp_path, torch.device("cpu"), show_progress=False)
+    engine.fit(ScriptedScenario(engine.cfg, engine, scores={6: 1.0, 8: 2.0}, key="delta", higher=True),
+               resume=True, allow_changed=["train.iterations"])
+    engine.close()
+    assert load_checkpoint(tmp_path / "best.pt")["best"] == {"metric": "delta", "value": 2.0, "iteration": 8}
+    assert "the selection metric is now delta (was semseg/miou" in (tmp_path / "log.txt").read_text()
+
+
+def test_a_non_finite_gradient_of_a_finite_loss_stops_before_any_weight_changes(tmp_path):
+    cfg = _cfg(tmp_path, iterations=8, **{"optim.grad_clip": 0, "train.checkpoint_every": 1})
+    engine = Engine(cfg, tmp_path, torch.device("cpu"), show_progress=False)
+    scenario = ScriptedScenario(cfg, engine, nan_gradient_at=3)
+    with pytest.raises(TrainingError, match=r"non-finite gradient at iteration 4 \(of a finite loss.*last.pt holds "
+                                            r"iteration 3"):
+        engine.fit(scenario)
+    engine.close()
+    assert all(torch.isfinite(p).all() for p in scenario.model.parameters())
+    saved = load_checkpoint(tmp_path / "last.pt")["modules"]["model"]
+    assert all(torch.isfinite(value).all() for value in saved.values() if value.is_floating_point())
+
+
+def test_logged_learning_rate_is_the_one_the_step_used(tmp_path):
+    _run(_cfg(tmp_path, iterations=4, **{"train.log_every": 1}))
+    rows = [line.split(",") for line in (tmp_path / "scalars.csv").read_text().splitlines()[1:]]
+    logged = [float(value) for step, tag, value, _ in rows if tag == "lr/model/decoders"]
+    assert logged == pytest.approx([0.05 * (1 - i / 4) ** 0.9 for i in range(4)])
+
+
+SIGTERM_WITH_WORKERS = """
+import os, signal, sys, threading, time
+from pathlib import Path
+import torch
+sys.path.insert(0, {tests!r})
+from test_engine import NoisyPairs, ToyScenario, _cfg, stack
+from mtlda.data.sampling import infinite_batches
+from mtlda.scenarios.engine import Engine
+
+class SlowPairs(NoisyPairs):
+    def __getitem__(self, i):
+        time.sleep(0.2)
+        return super().__getitem__(i)
+
+class WithWorkers(ToyScenario):
+    def train_batches(self, start):
+        return infinite_batches(SlowPairs(), 4, 0, start, stack, workers=2)
+
+    def train_step(self, batch, engine):
+        if engine.iteration == 2:  # the signal arrives while the next batch is being loaded
+            threading.Timer(0.2, os.killpg, (os.getpgrp(), signal.SIGTERM)).start()
+        return super().train_step(batch, engine)
+
+cfg = _cfg(Path({workdir!r}), iterations=50)
+engine = Engine(cfg, Path(cfg.workdir), torch.device("cpu"), show_progress=False)
+try:
+    engine.fit(WithWorkers(cfg, engine))
+except BaseException as err:
+    print(type(err).__name__, err)
+"""
+
+
+def test_sigterm_to_the_process_group_with_loader_workers_saves_and_stops(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "run.py"
+    script.write_text(SIGTERM_WITH_WORKERS.format(tests=str(Path(__file__).parent), workdir=str(tmp_path / "run")))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          start_new_session=True)
+    stopped = re.search(r"Interrupted stopped by SIGTERM after iteration (\d+)", done.stdout)
+    assert stopped, done.stdout + done.stderr
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["iteration"] == int(stopped.group(1)) < 50
+
+
+def test_tensorboard_drops_the_steps_a_resumed_run_logs_again(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    extra = {"train.val_every": 0, "train.checkpoint_every": 3, "train.log_every": 1}
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _scripted(_cfg(tmp_path, iterations=10, **extra), crash_at=7)  # steps 1-7 logged, last.pt at 6
+    _scripted(_cfg(tmp_path, iterations=10, **extra), resume=True)
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [event.step for event in events.Scalars("train/total")] == list(range(1, 11))

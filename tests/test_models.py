@@ -8,6 +8,7 @@ import pytest
 import torch
 from torchvision.models import resnet18, resnet34
 
+from mtlda.errors import UserInputError
 from mtlda.models import HeadSpec, ResNetEncoder, TaskDecoder, build_network, format_parameter_counts
 from mtlda.schema import ModelConfig
 
@@ -61,11 +62,23 @@ def test_network_outputs_every_scale(block: str, tasks: list[str]) -> None:
 
 
 def test_network_runs_exchange_blocks_at_several_stages() -> None:
-    net = build_network(_small_config(stages=[0, 3]), {t: HEADS[t] for t in ("semseg", "depth")})
-    assert list(net.exchange) == ["3", "0"]
-    assert net.exchange["0"].downscale == 8 and net.exchange["3"].downscale == 1
+    net = build_network(_small_config(stages=[1, 3]), {t: HEADS[t] for t in ("semseg", "depth")})
+    assert list(net.exchange) == ["3", "1"]
+    assert net.exchange["1"].downscale == 4 and net.exchange["3"].downscale == 1
     with torch.no_grad():
         _assert_shapes(net(_image()), ["semseg", "depth"])
+
+
+def test_an_exchange_block_below_every_output_is_refused() -> None:
+    """A block at or below the lowest output scale feeds nothing (its parameters would never get a gradient)."""
+    heads = {t: HeadSpec(2, (0, 1)) for t in ("semseg", "depth")}
+    with pytest.raises(UserInputError, match="stage 0 feeds no output"):
+        build_network(_small_config(stages=[0]), heads)
+    coarse = {t: HeadSpec(2, (2, 3)) for t in ("semseg", "depth")}
+    with pytest.raises(UserInputError, match=r"stage 2 feeds no output.*\(3\.\.4"):
+        build_network(_small_config(stages=[3, 2]), coarse)
+    build_network(_small_config(stages=[0], block="none"), heads)
+    build_network(_small_config(stages=[0]), {"semseg": heads["semseg"]})
 
 
 def test_side_output_at_the_exchange_stage_is_taken_before_the_block() -> None:
@@ -96,9 +109,9 @@ def test_input_multiple_includes_the_exchange_pooling() -> None:
     two_tasks = {t: HeadSpec(2, (0, 1)) for t in ("semseg", "depth")}
     net = build_network(_small_config(dilation=[False, True, True], stages=[1]), two_tasks)
     assert net.input_multiple == 8
-    net = build_network(_small_config(dilation=[True, True, True], stages=[0]), two_tasks)
+    net = build_network(_small_config(dilation=[True, True, True], stages=[1]), two_tasks)
     assert net.encoder.strides == [2, 4, 4, 4, 4]
-    assert net.input_multiple == 8  # stage 0 pools by 8
+    assert net.input_multiple == 8  # stage 1 (stride 2) pools by 4
     with torch.no_grad():
         assert net(_image(40, 48))["depth", 0].shape == (2, 2, 40, 48)
     with pytest.raises(ValueError, match="multiples of 8"):

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from mtlda.config import load_config
 from mtlda.constants import OFFICIAL_DEPTH_INV_OFFSET, OFFICIAL_DEPTH_INV_SCALE
 from mtlda.data.batch import Batch
+from mtlda.data.nyudv2 import decode_normals
 from mtlda.data.registry import dataset_info
 from mtlda.data.toycity_export import export_toycity
 from mtlda.scenarios.checkpoint import load_checkpoint
@@ -252,6 +253,22 @@ def test_normals_head_is_converted_to_the_camera_facing_convention(official) -> 
         torch.testing.assert_close(new[2], -weight[2])
     fronto_parallel = torch.tensor([0.0, 0.0, 1.0]).view(1, 3, 1, 1)
     assert official_output_to_mtlda("normals", fronto_parallel).flatten().tolist() == [0.0, 0.0, -1.0]
+
+
+def test_nyudv2_normals_head_is_converted_from_the_files_axes(official) -> None:
+    """The official NYUDv2 head learns the normals files as stored: an imported head must predict what mtlda's
+    NYUDv2 loader reads from those files (a floor, a wall facing the camera and a slanted surface)."""
+    file_values = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.6, 0.0, 0.8]])
+    read, valid = decode_normals(file_values.view(1, 3, 3).numpy())
+    official_raw = file_values.T.reshape(1, 3, 1, 3)
+    expected = torch.from_numpy(read).permute(2, 0, 1).unsqueeze(0)
+    assert valid.all()
+    torch.testing.assert_close(official_output_to_mtlda("normals", official_raw, "nyudv2"), expected)
+    converted = densemtl_to_mtlda(official["SDN"], TASKS["SDN"], dataset="nyudv2")
+    for scale in (0, 1):
+        weight = official["SDN"][f"heads.normals.decoder.{14 + scale}.weight"]
+        new = converted[f"decoders.normals.sides.{scale}.weight"]
+        torch.testing.assert_close(new, weight * torch.tensor([1.0, -1.0, -1.0]).view(3, 1, 1, 1))
 
 
 # ---------------------------------------------------------------------------------------------- fusion order

@@ -8,6 +8,7 @@ that an uninterrupted run sees from iteration i on, whatever the number of loade
 from __future__ import annotations
 
 import random
+import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -64,6 +65,14 @@ class SeededDataset(Dataset):
                 np.random.set_state(np_state)
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: workers ignore SIGINT and SIGTERM, which a terminal or a batch scheduler sends
+    to the whole process group, so that the main process alone decides when to stop (a run finishes its step and
+    saves instead of failing on a dead worker); the loader still shuts its workers down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def infinite_batches(dataset: Dataset, batch_size: int, seed: int, start_iteration: int, collate_fn: Callable,
                      workers: int = 0, rank: int = 0, world: int = 1, pin_memory: bool = False) -> Iterator[Any]:
     """Batches forever, epoch after epoch, beginning where iteration ``start_iteration`` would be."""
@@ -79,6 +88,7 @@ def infinite_batches(dataset: Dataset, batch_size: int, seed: int, start_iterati
     while True:
         sampler = EpochBatchSampler(size, batch_size, seed, epoch, rank, world, start)
         loader = DataLoader(wrapped, batch_sampler=sampler, num_workers=workers, collate_fn=collate_fn,
-                            pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed + epoch))
+                            pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed + epoch),
+                            worker_init_fn=ignore_stop_signals)
         yield from loader
         epoch, start = epoch + 1, 0

@@ -165,6 +165,13 @@ def _validate(cfg: ModelConfig, heads: Mapping[str, HeadSpec], checkpointing: st
     bad = [s for s in cfg.stages if s not in range(NUM_BLOCKS)]
     if bad or len(set(cfg.stages)) != len(cfg.stages):
         raise UserInputError(f"model.stages: {cfg.stages} must be distinct decoder stages in 0..4.")
+    lowest = min(scale for spec in heads.values() for scale in spec.scales)
+    idle = [s for s in cfg.stages if s <= lowest]
+    if idle and cfg.block != "none" and len(heads) > 1:
+        raise UserInputError(
+            f"model.stages: an exchange block at stage {idle[0]} feeds no output (every task's output at scales >= "
+            f"{lowest} is taken before it); use stages above the lowest output scale ({lowest + 1}..4, the paper: 1)."
+        )
 
 
 Parts = tuple[dict[str, nn.Module], dict[int, nn.Module]]

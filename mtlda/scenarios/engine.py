@@ -124,17 +124,29 @@ class Engine:
         self.scaler.scale(loss).backward()
 
     def _optimizer_step(self) -> None:
+        """Clip, check and step every optimiser. Without loss scaling a non-finite gradient (which a finite loss
+        can have) stops the run before any weight changes; with fp16 loss scaling GradScaler skips such steps."""
         assert self.scenario is not None
         self.scenario.synchronise_gradients(self)
+        norms: dict[str, Tensor] = {}
+        idle = set()
         for name, opt in self.optimizers.items():
-            if all(p.grad is None for g in opt.param_groups for p in g["params"]):
-                opt.step()  # no gradient reached it (source-only UDA's discriminators): a no-op that GradScaler refuses
+            params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+            if not params:
+                idle.add(name)
                 continue
             clip = self.specs[name].settings.grad_clip if self.specs[name].clip else 0.0
             if clip > 0:
                 self.scaler.unscale_(opt)
-                params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
-                torch.nn.utils.clip_grad_norm_(params, clip)
+                norms[name] = torch.nn.utils.clip_grad_norm_(params, clip)
+            elif not self.scaler.is_enabled():
+                norms[name] = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if not self.scaler.is_enabled():
+            self._check_finite_gradients(norms)
+        for name, opt in self.optimizers.items():
+            if name in idle:
+                opt.step()  # no gradient reached it (source-only UDA's discriminators): a no-op that GradScaler refuses
+                continue
             self.scaler.step(opt)
         self.scaler.update()
         for name, opt in self.optimizers.items():
@@ -234,8 +246,13 @@ class Engine:
                 self.writer.add_image(name, image.clamp(0, 1), self.iteration)
                 write_picture(self.workdir / PANELS_DIR / f"{name.replace('/', '_')}.png", image)
 
-    def _log_training(self, out: StepOutput, seconds: float, bar: tqdm) -> None:
-        """Global (rank-averaged) loss terms and learning rates; one host transfer."""
+    def _learning_rates(self) -> dict[str, dict[str, float]]:
+        """Optimiser -> parameter group -> the learning rate of the coming step."""
+        return {name: {g["name"]: g["lr"] for g in opt.param_groups} for name, opt in self.optimizers.items()}
+
+    def _log_training(self, out: StepOutput, rates: Mapping[str, Mapping[str, float]], seconds: float,
+                      bar: tqdm) -> None:
+        """Global (rank-averaged) loss terms and the learning rates ``rates`` the step used; one host transfer."""
         names = sorted(out.terms)
         values = all_reduce_mean([torch.stack([out.terms[n].detach().float() for n in names])])[0].tolist()
         terms = dict(zip(names, values))
@@ -244,10 +261,9 @@ class Engine:
         self.log_scalars("train", terms)
         self.log_scalars("time", {"iteration_s": seconds})
         lrs = {}
-        for name, opt in self.optimizers.items():
-            group_lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+        for name, group_lrs in rates.items():
             self.log_scalars(f"lr/{name}", group_lrs)
-            lrs.update({f"{name}/{k}" if len(self.optimizers) > 1 else k: v for k, v in group_lrs.items()})
+            lrs.update({f"{name}/{k}" if len(rates) > 1 else k: v for k, v in group_lrs.items()})
         bar.set_postfix_str(format_postfix(terms, lrs))
         if self.runlog is not None:
             self.runlog.log_training(self.iteration, self.cfg.train.iterations, terms, lrs, seconds)
@@ -271,6 +287,11 @@ class Engine:
         if value is None or not math.isfinite(value):
             return
         old = self.best.get("value")
+        if old is not None and self.best.get("metric") != key:
+            if self.runlog is not None:
+                self.runlog.info(f"best.pt: the selection metric is now {key} (was {self.best.get('metric')}, "
+                                 f"best at iteration {self.best.get('iteration')}); the best score starts again")
+            old = None
         if old is None or (value > old if better else value < old):
             self.best = {"metric": key, "value": value, "iteration": self.iteration}
             self.save("best.pt")
@@ -279,12 +300,25 @@ class Engine:
         if bool(torch.isfinite(out.loss)):
             return
         bad = {k: float(v) for k, v in out.terms.items() if not math.isfinite(float(v))}
+        self._stop_non_finite("loss", str(bad or {"loss": float(out.loss)}))
+
+    def _check_finite_gradients(self, norms: Mapping[str, Tensor]) -> None:
+        """Stop on a non-finite gradient norm (one host transfer for every optimiser; none on the ``meta`` device,
+        whose tensors hold no values)."""
+        if not norms or any(norm.is_meta for norm in norms.values()):
+            return
+        values = torch.stack([norm.float() for norm in norms.values()]).tolist()
+        bad = {name: value for name, value in zip(norms, values) if not math.isfinite(value)}
+        if bad:
+            self._stop_non_finite("gradient", f"of a finite loss: gradient norm by optimiser {bad}")
+
+    def _stop_non_finite(self, what: str, detail: str) -> None:
         last = self.workdir / "last.pt"
         raise TrainingError(
-            f"non-finite loss at iteration {self.iteration + 1} ({bad or {'loss': float(out.loss)}}); nothing was "
-            f"saved from it: {_describe_checkpoint(last, self.saved.get('last.pt'))}; lower the learning rates "
-            "(optim.lr.*), keep optim.grad_clip > 0 or check the data, then --resume (or start again if the "
-            "losses before it were already diverging)"
+            f"non-finite {what} at iteration {self.iteration + 1} ({detail}); nothing was saved from it: "
+            f"{_describe_checkpoint(last, self.saved.get('last.pt'))}; lower the learning rates (optim.lr.*), keep "
+            "optim.grad_clip > 0 or check the data (and any loss term with an unbounded gradient, e.g. a square "
+            "root at 0), then --resume (or start again if the losses before it were already diverging)"
         )
 
     def _prepare_workdir(self, resume: bool) -> None:
@@ -314,7 +348,8 @@ class Engine:
             seed_everything(self.cfg.seed + self.dist.rank)
         if self.is_main:
             save_config(self.cfg, self.workdir / "config.yaml")
-            self.writer = SummaryWriter(str(self.workdir / "tb"))
+            # A resumed run drops the events logged after its checkpoint (they are logged again).
+            self.writer = SummaryWriter(str(self.workdir / "tb"), purge_step=self.iteration + 1 if resume else None)
             self.runlog = RunLogger(self.workdir, resume_from=self.iteration if resume else None)
             self.runlog.log_config(to_dict(self.cfg))
         if self.iteration >= cfg.iterations:
@@ -329,19 +364,21 @@ class Engine:
                     tic = time.perf_counter()
                     out = scenario.train_step(next(batches), self)
                     self._check_finite(out)
+                    rates = self._learning_rates()
                     self._optimizer_step()
                     scenario.after_step(self)
                     self.iteration += 1
                     bar.update(1)
                     if self.iteration % cfg.log_every == 0 or self.iteration == 1:
-                        self._log_training(out, time.perf_counter() - tic, bar)
-                    if cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0:
-                        self.save()
+                        self._log_training(out, rates, time.perf_counter() - tic, bar)
+                    # Validation before the periodic checkpoint, so that last.pt knows the best score it produced.
                     if (cfg.val_every and self.iteration % cfg.val_every == 0) or self.iteration == cfg.iterations:
                         metrics = self.validate()
                     if cfg.image_every and self.is_main and (
                             self.iteration % cfg.image_every == 0 or self.iteration == cfg.iterations):
                         self._log_images()
+                    if cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0:
+                        self.save()
                     if stop.agreed(self.device) and self.iteration < cfg.iterations:
                         self.save()
                         raise Interrupted(f"stopped by {stop.signal_name or 'a peer'} after iteration "

@@ -20,9 +20,12 @@ from mtlda.weights.densemtl import densemtl_to_mtlda, fusion_orders
 
 
 def fusion_order_candidates(state: Mapping[str, Tensor], tasks: Sequence[str],
-                            target: Mapping[str, Tensor] | None = None) -> dict[str, dict[str, Tensor]]:
-    """Fusion order name -> converted state dict, for every order of :func:`fusion_orders` (tensors shared)."""
-    return {name: densemtl_to_mtlda(state, tasks, name, target=target) for name in fusion_orders(tasks)}
+                            target: Mapping[str, Tensor] | None = None,
+                            dataset: str = "cityscapes") -> dict[str, dict[str, Tensor]]:
+    """Fusion order name -> converted state dict, for every order of :func:`fusion_orders` (tensors shared);
+    ``dataset``: the file's training data set (its normals convention)."""
+    return {name: densemtl_to_mtlda(state, tasks, name, target=target, dataset=dataset)
+            for name in fusion_orders(tasks)}
 
 
 def _add_batch(task: Task, metric: StreamingMetric, raw: Tensor, batch: Batch) -> None:

@@ -13,11 +13,14 @@ Conventions are converted, not copied:
 * depth: the head regresses y = 65536 / (100 d + 1) = 655.36 / (d + 0.01), d in metres. The weights are kept and
   the model is paired with ``tasks.depth_inv_scale = 655.36`` and ``tasks.depth_inv_offset = 0.01``, so mtlda decodes
   d = 655.36 / y - 0.01, the metric depth the head was trained on (not the official decode's d - 0.99 m, B2).
-* normals: the official targets are (n_x, n_y, |n_z|) in camera axes (x right, y down, z forward; notes section 4),
-  mtlda's are camera-facing, n_z < 0 for a surface seen head-on (``mtlda/data/batch.py``). The head's third output
-  row (weight and bias) is negated, which maps (n_x, n_y, |n_z|) to (n_x, n_y, -|n_z|) exactly. What no linear map
-  converts: the official labels were computed from the inverse-depth map treated as depth with unscaled intrinsics
-  (B4), so except on fronto-parallel surfaces the imported head predicts those pseudo-normals, not true surface
+* normals: the official targets computed from depth (Cityscapes, Synthia, VKITTI2) are (n_x, n_y, |n_z|) in camera
+  axes (x right, y down, z forward; notes section 4), mtlda's are camera-facing, n_z < 0 for a surface seen head-on
+  (``mtlda/data/batch.py``). The head's third output row (weight and bias) is negated, which maps
+  (n_x, n_y, |n_z|) to (n_x, n_y, -|n_z|) exactly. On NYUDv2 the official head learns the released normals files'
+  axes as they are (notes 5.4), which mtlda reads as (x, -y, -z) (:data:`mtlda.data.nyudv2.FILE_TO_CAMERA_AXES`):
+  there the second and third rows are negated (:func:`normals_axis_signs`). What no linear map converts, on the
+  data sets with normals from depth: the official labels were computed from the inverse-depth map treated as
+  depth with unscaled intrinsics (B4), so except on fronto-parallel surfaces the imported head predicts those pseudo-normals, not true surface
   normals, and surfaces whose camera-facing normal has n_z > 0 (seen at grazing angles) were folded to n_z > 0.
 * exchange: the official ``post`` conv of each target concatenates its directional features in Python set order,
   which depends on the process's hash seed and is not stored in the file (B1); mtlda concatenates in sorted source
@@ -41,6 +44,7 @@ import torch
 from torch import Tensor
 
 from mtlda.constants import OFFICIAL_DEPTH_INV_OFFSET, OFFICIAL_DEPTH_INV_SCALE
+from mtlda.data.nyudv2 import FILE_TO_CAMERA_AXES
 from mtlda.schema import ModelConfig
 from mtlda.weights.layout import OFFICIAL_DECODER_CHANNELS, decoder_key, side_indices, side_order_from_channels
 from mtlda.weights.mapping import KeyTranslator, WeightImportError, check_fits, first_keys, translate_keys
@@ -161,14 +165,22 @@ def permute_fusion_inputs(weight: Tensor, trained: Sequence[str], wanted: Sequen
 
 
 # ---------------------------------------------------------------------------------------------- conventions
-def official_output_to_mtlda(task: str, raw: Tensor) -> Tensor:
+def normals_axis_signs(dataset: str) -> tuple[float, float, float]:
+    """Per-channel factor from an official normals head trained on ``dataset`` to mtlda's convention: the
+    released files' axes on NYUDv2 (its ground-truth normals), (n_x, n_y, |n_z|) from depth elsewhere."""
+    if dataset == "nyudv2":
+        return tuple(float(sign) for sign in FILE_TO_CAMERA_AXES)
+    return NORMALS_AXIS_SIGNS
+
+
+def official_output_to_mtlda(task: str, raw: Tensor, dataset: str = "cityscapes") -> Tensor:
     """The raw output (B, C, h, w) an imported mtlda head gives for an official head's raw output ``raw``.
 
-    Identity except for normals, whose third channel changes sign (see the module docstring).
+    Identity except for normals, whose channels change sign by :func:`normals_axis_signs` of ``dataset``.
     """
     if task != NORMALS:
         return raw
-    return raw * raw.new_tensor(NORMALS_AXIS_SIGNS).view(1, -1, 1, 1)
+    return raw * raw.new_tensor(normals_axis_signs(dataset)).view(1, -1, 1, 1)
 
 
 def official_model_mismatches(model: ModelConfig) -> list[str]:
@@ -282,6 +294,7 @@ def convert_densemtl(
     side_order: Sequence[int] | None = None,
     target: Mapping[str, Tensor] | None = None,
     source: str = "DenseMTL state dict",
+    dataset: str = "cityscapes",
 ) -> DenseMTLImport:
     """Convert an official DenseMTL state dict; see :func:`densemtl_to_mtlda` for the arguments."""
     originals, aliases = split_aliases(state, source)
@@ -304,12 +317,13 @@ def convert_densemtl(
                 converted[key] = permute_fusion_inputs(converted[key], order[task], wanted)
                 conversions.append(f"{key}: input blocks {'+'.join(order[task])} -> {'+'.join(wanted)}")
     if NORMALS in names:
+        signs = normals_axis_signs(dataset)
         for scale in sides[NORMALS]:
             for parameter in ("weight", "bias"):
                 key = f"decoders.{NORMALS}.sides.{scale}.{parameter}"
                 value = converted[key]
-                converted[key] = value * value.new_tensor(NORMALS_AXIS_SIGNS).view(-1, *([1] * (value.dim() - 1)))
-                conversions.append(f"{key}: rows x {NORMALS_AXIS_SIGNS} (n_z camera-facing)")
+                converted[key] = value * value.new_tensor(signs).view(-1, *([1] * (value.dim() - 1)))
+                conversions.append(f"{key}: rows x {signs} ({dataset} normals to camera-facing)")
     if target is not None:
         check_fits(converted, target, source)
     return DenseMTLImport(converted, names, _stages(originals), sides, fusion_order_name(order), aliases, conversions)
@@ -321,6 +335,7 @@ def densemtl_to_mtlda(
     fusion_order: str | None = None,
     side_order: Sequence[int] | None = None,
     target: Mapping[str, Tensor] | None = None,
+    dataset: str = "cityscapes",
 ) -> dict[str, Tensor]:
     """State dict for :class:`~mtlda.models.network.MultiTaskNet` from an official DenseMTL state dict.
 
@@ -328,6 +343,7 @@ def densemtl_to_mtlda(
     (default: sorted, :func:`default_fusion_order`). ``side_order``: the official ``active_scales`` ([0, 1] for the
     released FS models, [1, 0] for DA ones); by default detected from the prediction layers' input channels.
     ``target``: the state dict of the model to load into; when given, missing keys, left-over keys and shape
-    mismatches are refused. Unchanged tensors are shared with ``state``, converted ones are new.
+    mismatches are refused. ``dataset``: the data set the file was trained on (its normals convention,
+    :func:`normals_axis_signs`). Unchanged tensors are shared with ``state``, converted ones are new.
     """
-    return convert_densemtl(state, tasks, fusion_order, side_order, target).state
+    return convert_densemtl(state, tasks, fusion_order, side_order, target, dataset=dataset).state

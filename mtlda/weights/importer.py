@@ -74,7 +74,7 @@ def calibrate_fusion_order(cfg: ExperimentConfig, state: dict, tasks: Sequence[s
     originals, _ = densemtl.split_aliases(state, source)
     scenario = experiment_scenario(cfg)
     batches = calibration_batches(scenario, images)
-    candidates = fusion_order_candidates(originals, tasks)
+    candidates = fusion_order_candidates(originals, tasks, dataset=cfg.data.dataset)
     scores = fusion_order_scores(lambda: build_experiment_model(cfg), candidates, batches, scenario.tasks)
     return max(scores, key=scores.get), scores
 
@@ -89,7 +89,8 @@ def _convert_densemtl(path: Path, modules: dict[str, nn.Module], cfg: Experiment
             raise WeightImportError("give either --fusion-order or --calibrate-on, not both")
         fusion_order, scores = calibrate_fusion_order(cfg, state, model.tasks, calibrate, str(path))
         calibration = {"split": cfg.data.val_split, "images": calibrate, "scores": scores}
-    result = densemtl.convert_densemtl(state, model.tasks, fusion_order, side_order, model.state_dict(), str(path))
+    result = densemtl.convert_densemtl(state, model.tasks, fusion_order, side_order, model.state_dict(), str(path),
+                                       dataset=cfg.data.dataset)
     source = {
         "format": "densemtl", "file": path.name, "sha256": sha256_of(path), "tasks": result.tasks,
         "stages": result.stages, "side_order": result.side_order, "fusion_order": result.fusion_order,
