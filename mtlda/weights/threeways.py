@@ -19,9 +19,8 @@ trained by ``configs/cityscapes_monodepth_highres_dec6_crop.yml``). Their layout
   With pair inputs only the first pose is used (``models/joint_segmentation_depth.py``: ``axisangle[:, 0]``), so
   rows 0-5 of ``net.3`` map to mtlda's 6-output ``predict`` and rows 6-11 are dropped.
 
-Known gap: the 3-ways pose encoder normalises its input with (x - 0.45) / 0.225 as well, while mtlda's PoseNet uses
-ImageNet statistics (it has no ``input_norm`` option yet), so until it gets one the imported pose net sees inputs
-that differ slightly from those it was trained on (the depth network does not: ``model.input_norm=monodepth``).
+The 3-ways pose encoder normalises its input with (x - 0.45) / 0.225 as well; the SDE scenario builds mtlda's
+PoseNet with ``model.input_norm``, so ``model.input_norm=monodepth`` (:data:`CONFIG_OVERRIDES`) serves both nets.
 
 Assumed, not checked against a real file: that the released zip holds exactly these four files as written by that
 code (no extra entries). Every rule is in :data:`FILE_RULES` and the tables it names.
