@@ -22,8 +22,10 @@ $(TEST_STAMP): $(STAMP)
 
 venv: $(STAMP)
 
+# A second `make demo` continues (or, when finished, re-evaluates) the demo's run instead of starting it over.
+DEMO_RUN := runs/toycity_sdn_mteb/s0
 demo: $(STAMP)
-	$(PY) scripts/supervised.py
+	$(PY) scripts/supervised.py $(if $(wildcard $(DEMO_RUN)/last.pt),--resume)
 
 test: $(TEST_STAMP)
 	$(PY) -m pytest -q

@@ -11,7 +11,7 @@ from pathlib import Path
 from mtlda.config import ConfigError, dump_config, load_config
 from mtlda.errors import UserInputError
 from mtlda.models.blocks import EXCHANGE_BLOCKS
-from mtlda.scenarios.runner import evaluate_and_report, train_and_report
+from mtlda.scenarios.runner import checkpoint_config, evaluate_and_report, train_and_report
 from mtlda.schema import ExperimentConfig
 from mtlda.tasks import check_codes
 
@@ -30,6 +30,9 @@ def find_config(path: str) -> Path:
     packaged = EXPERIMENTS.joinpath(*parts[1:]) if parts and parts[0] == "experiments" else EXPERIMENTS / given
     if packaged.is_file():
         return packaged
+    if given.is_dir():
+        raise ConfigError(f"--config {path} is a folder: pass one experiment file in it (see the experiments folder "
+                          f"{EXPERIMENTS})")
     raise ConfigError(f"config file not found: {path} (see the experiments folder {EXPERIMENTS})")
 
 
@@ -83,20 +86,32 @@ def experiment_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_config(args: argparse.Namespace, config: str | Path | None,
-                   extra_overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """The config from ``config``, scenario flags (``extra_overrides``) and the common options (``--set`` last)."""
-    overrides = list(extra_overrides)
+def common_overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` assignments of the common options (--seed, --amp, --device, then every --set)."""
+    overrides = []
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
     if args.amp:
         overrides += ["train.amp=true", f"train.amp_dtype={args.amp}"]
     if args.device:
         overrides.append(f"device={args.device}")
-    overrides += args.overrides
+    return overrides + list(args.overrides)
+
+
+def resolve_config(args: argparse.Namespace, config: str | Path | None,
+                   extra_overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """The config from ``config``, scenario flags (``extra_overrides``) and the common options (``--set`` last)."""
+    overrides = [*extra_overrides, *common_overrides(args)]
     if args.workdir:
         overrides.append(f"workdir={args.workdir}")
     return load_config(find_config(str(config)) if config is not None else None, overrides)
+
+
+def evaluation_config(args: argparse.Namespace) -> ExperimentConfig:
+    """``--evaluate CKPT`` without an experiment: the checkpoint's own config with the common options; the
+    eval-* files go to --workdir, by default the checkpoint's folder (as ``mtlda evaluate``)."""
+    workdir = args.workdir or Path(args.evaluate).resolve().parent
+    return checkpoint_config(args.evaluate, [*common_overrides(args), f"workdir={workdir}"])
 
 
 def refuse_selection_with_config(args: argparse.Namespace, flags: Sequence[str]) -> None:

@@ -64,9 +64,12 @@ def parse_scalar(text: str) -> Any:
 
 def read_yaml(path: Path) -> dict:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path} (pass an existing file, e.g. one in experiments/)") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text (YAML) file; pass an experiment file, e.g. one in experiments/ "
+                          "(a checkpoint goes to --evaluate or --resume)") from None
     try:
         data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as err:
@@ -233,10 +236,15 @@ def _convert(value: Any, tp: Any, path: str, sources: dict[str, str]) -> Any:
 
 
 def _check_range(value: Any, spec: dataclasses.Field, path: str, sources: dict[str, str]) -> None:
+    """The field's minimum (``at_least``), for a number or for every number of a mapping (``optim.lr``)."""
     minimum = spec.metadata.get("min")
-    if minimum is not None and isinstance(value, (int, float)) and value < minimum:
-        raise ConfigError(f"{sources.get(path, '--set/defaults')}: {path}: {value!r} is below the minimum {minimum:g}; "
-                          f"use {minimum:g} or more")
+    if minimum is None:
+        return
+    items = {f"{path}.{k}": v for k, v in value.items()} if isinstance(value, dict) else {path: value}
+    for where, number in items.items():
+        if isinstance(number, (int, float)) and not isinstance(number, bool) and number < minimum:
+            raise ConfigError(f"{sources.get(where, sources.get(path, '--set/defaults'))}: {where}: {number!r} is "
+                              f"below the minimum {minimum:g}; use {minimum:g} or more")
 
 
 def _build(cls: type, data: dict, prefix: str, sources: dict[str, str]) -> Any:

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from mtlda.api import load_model
 from mtlda.errors import UserInputError
-from mtlda.files import atomic_path, write_text_atomic
+from mtlda.files import atomic_path, refuse_overwriting_source, write_text_atomic
 from mtlda.models.network import MultiTaskNet
 from mtlda.schema import ExperimentConfig
 
@@ -75,6 +75,9 @@ def export_model(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike
     if fmt == "onnx" and importlib.util.find_spec("onnxscript") is None:
         raise UserInputError('ONNX export needs the onnxscript package: pip install "mtlda[onnx]" (or export with '
                              "--format torchscript)")
+    out = Path(out)
+    refuse_overwriting_source(out, Path(checkpoint))
+    refuse_overwriting_source(Path(f"{out}.json"), Path(checkpoint))
     predictor = load_model(checkpoint, "cpu", ("model.pretrained=none",))
     model, cfg = predictor.network.eval(), predictor.config
     height = height or cfg.data.val_height or cfg.data.height
@@ -82,7 +85,6 @@ def export_model(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike
     model.valid_input_size(height, width)
     wrapper = RawOutputs(model).eval()
     example = torch.rand(1, 3, height, width)
-    out = Path(out)
     with atomic_path(out) as partial, torch.no_grad():
         _write(wrapper, example, fmt, partial)
         shapes = [list(output.shape[1:]) for output in wrapper(example)]

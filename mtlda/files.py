@@ -1,5 +1,5 @@
 """Atomic file writes: the one implementation every writer of mtlda uses (checkpoints, configs, results, data,
-plots, exported models).
+plots, exported models), and the check that an output never replaces its own input.
 
 A file is written under a temporary name in its own folder, flushed and fsynced, then renamed over the target,
 so a crash, a kill or a full disk never leaves a truncated file: readers see the old file or the new one. The file
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from mtlda.errors import MtldaError
+from mtlda.errors import MtldaError, UserInputError
 
 
 class WriteError(MtldaError, OSError):
@@ -71,3 +71,19 @@ def write_bytes_atomic(path: str | os.PathLike, payload: bytes) -> None:
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     write_bytes_atomic(path, text.encode())
+
+
+# The files a training run writes into its folder (besides tb/ and panels/): never an export's or a table's target.
+RUN_FILES = frozenset({"last.pt", "best.pt", "config.yaml", "results.json", "results.md", "scalars.csv", "log.txt"})
+
+
+def refuse_overwriting_source(out: Path, source: Path, option: str = "--out") -> None:
+    """UserInputError when writing ``out`` would replace ``source`` or a file of its run folder (checkpoints,
+    config, results, logs), or ``out`` is a folder."""
+    if out.is_dir():
+        raise UserInputError(f"{option} {out} is a folder: name the file to write")
+    if out.resolve() == source.resolve():
+        raise UserInputError(f"{option} {out} is the input file itself: name a new file (the input is kept)")
+    if out.name in RUN_FILES and out.resolve().parent == source.resolve().parent:
+        raise UserInputError(f"{option} {out} would replace the run's own {out.name}: name a file of its own")
+

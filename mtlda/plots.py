@@ -167,7 +167,7 @@ def training_curves(
                     if band == "minmax":
                         low, high = np.nanmin(matrix, axis=0), np.nanmax(matrix, axis=0)
                     else:
-                        spread = np.nanstd(matrix, axis=0)
+                        spread = np.nanstd(matrix, axis=0, ddof=1)  # the sample std, as the tables
                         low, high = mean - spread, mean + spread
                     ax.fill_between(steps, low, high, color=colour, alpha=0.2, linewidth=0)
             ax.set_title(curve_title(tag))

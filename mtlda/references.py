@@ -188,6 +188,16 @@ def delta_directions(tasks: Mapping[str, Any]) -> dict[str, dict[str, bool]]:
     return {name: {t.main_metric: t.higher_is_better[t.main_metric]} for name, t in sorted(tasks.items())}
 
 
+def refuse_unless_reference(cfg: Any) -> None:
+    """UserInputError unless ``cfg`` may record references (checked before training, and again when recording)."""
+    if not cfg.references.is_reference:
+        raise UserInputError(
+            f"{cfg.name} is not a reference experiment (references.is_reference is false): only the "
+            "single-task experiments that declare themselves references can record, so that no ordinary run "
+            "replaces a reference"
+        )
+
+
 class ReferenceBook:
     """The references of one run: its key, lookups per task, its delta and, for reference experiments, recording."""
 
@@ -233,12 +243,7 @@ class ReferenceBook:
 
     def record(self, results: Results, iterations: int) -> list[Reference]:
         """Store this single-task reference run's metrics (this seed) in the references file."""
-        if not self.cfg.references.is_reference:
-            raise UserInputError(
-                f"{self.cfg.name} is not a reference experiment (references.is_reference is false): only the "
-                "single-task experiments that declare themselves references can record, so that no ordinary run "
-                "replaces a reference"
-            )
+        refuse_unless_reference(self.cfg)
         if len(self.tasks) != 1 or not all(t.code for t in self.tasks.values()):
             raise UserInputError(f"a reference experiment trains one task, {self.cfg.name} has {sorted(self.tasks)}")
         fingerprint = config_fingerprint(self.cfg)

@@ -106,7 +106,7 @@ class TasksConfig:
 class OptimConfig:
     name: str = "adam"  # adam | sgd
     lr: dict[str, float] = field(
-        default_factory=lambda: {"backbone": 5e-4, "decoders": 1e-3, "exchange": 1e-3}
+        default_factory=lambda: {"backbone": 5e-4, "decoders": 1e-3, "exchange": 1e-3}, metadata=at_least(0.0)
     )  # per parameter group; groups: backbone, decoders, exchange, pose, discriminators
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     momentum: float = 0.9

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch
 
 import mtlda
 from mtlda.commands import COMMANDS, main, run
+from mtlda.errors import MtldaError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--set", "train.iterations=2", "--set", "data.toycity.num_train=8", "--set", "data.toycity.num_val=4",
@@ -148,10 +150,10 @@ def test_evaluate_splits_the_depth_errors_by_class(trained, tmp_path, capsys):
 def test_evaluate_with_adabn_stores_a_row_of_its_own_and_leaves_the_checkpoint(trained, tmp_path, capsys):
     checkpoint = trained / "last.pt"
     stored = checkpoint.read_bytes()
-    assert main(["evaluate", str(checkpoint), "--workdir", str(tmp_path)]) == 0
+    cut = ["--set", "data.max_val_samples=4", "--workdir", str(tmp_path)]
+    assert main(["evaluate", str(checkpoint), *cut]) == 0
     # the validation cut (max_val_samples) does not cut the training images AdaBN reads
-    assert main(["evaluate", str(checkpoint), "--adabn", "6", "--set", "data.max_val_samples=4",
-                 "--workdir", str(tmp_path)]) == 0
+    assert main(["evaluate", str(checkpoint), "--adabn", "6", *cut]) == 0
     plain, adapted = (json.loads((tmp_path / f"eval-last{s}.json").read_text()) for s in ("", "-adabn6"))
     assert adapted["name"] == plain["name"] + "_adabn6" and adapted["key"] == plain["key"]
     assert adapted["results"] != plain["results"]  # the statistics changed the predictions
@@ -169,5 +171,22 @@ def test_export_weights_refuses_to_overwrite_its_checkpoint(tmp_path, monkeypatc
     checkpoint = tmp_path / "last.pt"
     checkpoint.write_bytes(b"training state")
     code, _, err = run_console(["export-weights", checkpoint, "--out", checkpoint], monkeypatch, capsys)
-    assert code == 2 and "is the checkpoint itself" in err
+    assert code == 2 and "is the input file itself" in err
     assert checkpoint.read_bytes() == b"training state"
+
+
+@pytest.mark.slow
+def test_train_evaluate_without_an_experiment_writes_beside_the_checkpoint_or_into_workdir(trained, tmp_path):
+    """`train --evaluate CKPT` takes the common options and, like `mtlda evaluate`, writes its eval-* files beside
+    the checkpoint (not into the run folder named in the checkpoint's config) unless --workdir says where."""
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.copy2(trained / "last.pt", moved / "last.pt")
+    before = sorted(p.name for p in trained.iterdir())
+    assert main(["train", "--evaluate", str(moved / "last.pt"), "--set", "data.max_val_samples=4"]) == 0
+    assert (moved / "eval-last.json").is_file() and sorted(p.name for p in trained.iterdir()) == before
+    assert main(["train", "--evaluate", str(moved / "last.pt"), "--workdir", str(tmp_path / "elsewhere"),
+                 "--set", "data.max_val_samples=4"]) == 0
+    assert (tmp_path / "elsewhere" / "eval-last.json").is_file()
+    with pytest.raises(MtldaError, match="bogus"):
+        main(["train", "--evaluate", str(moved / "last.pt"), "--device", "bogus"])

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from mtlda.cli import EXPERIMENTS
 from mtlda.config import load_config
 from mtlda.references import (
     PACKAGED_REFERENCES,
@@ -21,6 +22,7 @@ from mtlda.references import (
     references_path,
 )
 from mtlda.tasks import build_tasks
+from mtlda.weights.targets import experiment_scenario
 
 INFO = SimpleNamespace(num_classes=3, palette=[[0, 0, 0], [1, 1, 1], [2, 2, 2]], class_names=("a", "b", "c"))
 KEY = ReferenceKey("supervised", "toycity-flat", 3, "64x128", "", "stl")
@@ -132,3 +134,17 @@ def test_a_malformed_file_is_a_clear_error(tmp_path):
     bad.write_text("version: 1\nentries: []\n")
     with pytest.raises(ReferenceError, match="not a version-2 references file"):
         read_entries(bad)
+
+
+def test_runs_on_other_validation_scenes_or_a_part_of_the_split_get_other_keys():
+    """References (and `mtlda results` rows) are only compared over the same scored samples."""
+    def key(*overrides):
+        cfg = load_config(EXPERIMENTS / "supervised" / "toycity" / "sdn_mteb.yaml", list(overrides))
+        return experiment_scenario(cfg, "meta").reference_key()
+
+    default = key()
+    assert default.dataset == "toycity-flat"
+    assert key("data.toycity.seed=2").dataset == "toycity-flat-s2"
+    assert key("data.toycity.num_val=10").dataset == "toycity-flat-10val"
+    assert key("data.max_val_samples=5").dataset == "toycity-flat (first 5)"
+    assert key("data.toycity.num_train=120") == default  # the validation scenes do not depend on it

@@ -135,3 +135,8 @@ def test_tiny_sweep_end_to_end_then_skipped(tmp_path: Path, capsys: pytest.Captu
     assert sweep.main(args) == 0  # everything done: nothing is started, the table is written again
     err = capsys.readouterr().err
     assert "2 runs done, 0 to run" in err and "start:" not in err
+    before = (out / "sweep.md").read_text()
+    with pytest.raises(UserInputError, match=r"D=1/s0 holds a run of another configuration \(train\.iterations: 2 "
+                                             r"there, 3 now\): delete it, or give this sweep another --out"):
+        sweep.main([*args, "--set", "train.iterations=3"])  # a changed setting never reuses the old runs
+    assert (out / "sweep.md").read_text() == before

@@ -42,7 +42,7 @@ def test_uda_trains_resumes_and_evaluates_on_target(tmp_path):
     assert engine.iteration == 3
     assert load_checkpoint(tmp_path / "run" / "last.pt")["optimizers"]["discriminators"]["state"][0]["step"] == 3
     key = scenario.references.key
-    assert (key.scenario, key.dataset, key.setting) == ("uda", "toycity-textured", "from toycity-flat, adapted")
+    assert (key.scenario, key.dataset, key.setting) == ("uda", "toycity-textured-s1-8val", "from toycity-flat, adapted")
     panels = scenario.image_panels(engine)
     assert set(panels) == {"val/predictions", "train/adaptation"}
     # source over target; per image: input, prediction and target of both tasks, both discriminator inputs

@@ -15,15 +15,13 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from mtlda.errors import UserInputError
+from mtlda.files import refuse_overwriting_source
 from mtlda.scenarios.checkpoint import load_checkpoint, save_checkpoint, weights_only
 
 
 def export_weights(checkpoint: Path, out: Path) -> None:
     """Write the inference part of ``checkpoint`` (see :func:`weights_only`) to ``out``, atomically."""
-    if out.exists() and (out.is_dir() or out.resolve() == checkpoint.resolve()):
-        raise UserInputError(f"--out {out} is {'a folder' if out.is_dir() else 'the checkpoint itself'}: name a new "
-                             "file (the checkpoint is kept for resuming)")
+    refuse_overwriting_source(out, checkpoint)
     ckpt = load_checkpoint(checkpoint)
     save_checkpoint({**weights_only(ckpt), "exported_from": checkpoint.name}, out)
 

@@ -27,12 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 
+from mtlda.cli import find_config
 from mtlda.errors import UserInputError
-
-CALIBRATION_IMAGES = 20
 from mtlda.weights import FORMATS, default_fusion_order, fusion_orders, import_weights
 from mtlda.weights.importer import import_config
 from mtlda.weights.targets import experiment_heads
+
+CALIBRATION_IMAGES = 20
 
 
 def parse_side_order(text: str) -> list[int]:
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a key of the experiment (repeatable)")
     args = parser.parse_args(argv)
+    args.config = str(find_config(args.config))  # experiments/... also from outside the repository
     if args.list_fusion_orders:
         tasks = sorted(experiment_heads(import_config(args.kind, args.config, args.overrides)))
         default = default_fusion_order(tasks)

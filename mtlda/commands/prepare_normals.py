@@ -84,6 +84,8 @@ def prepare_normals(dataset: str, root: Path, device: str = "auto", batch_size: 
         raise UserInputError(f"{dataset} ships ground-truth normals; there is nothing to prepare")
     if batch_size < 1:
         raise UserInputError(f"--batch-size must be at least 1, got {batch_size}")
+    if workers < 0:
+        raise UserInputError(f"--workers must be 0 (read in the main process) or more, got {workers}")
     if not root.is_dir():
         raise DatasetError(f"--root {root} is not a folder; point it at the extracted {dataset} data set")
     files = loader.depth_files(root)

@@ -325,9 +325,20 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def refuse_outputs_in_runs(outputs: dict[str, Path | None], runs: Sequence[Run]) -> None:
+    """Tables go beside the runs, never into one: a run folder's own files (results.json/md, config.yaml) are
+    this command's inputs and training's outputs."""
+    folders = {run.file.parent.resolve() for run in runs}
+    for option, path in outputs.items():
+        if path is not None and path.resolve().parent in folders:
+            raise UserInputError(f"{option} {path} is inside a run folder this command reads; write the table "
+                                 "elsewhere (e.g. docs/results/<name>.md)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     runs = [load_run(path, args.stem) for path in args.runs]
+    refuse_outputs_in_runs({"--md": args.md, "--csv": args.csv}, runs)
     protocols = check_comparable(runs)
     groups = group_by_experiment(runs)
     for name, members in groups.items():

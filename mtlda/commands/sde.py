@@ -29,12 +29,19 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from mtlda.cli import block_choices, experiment_file, experiment_parser, print_config, resolve_config
+from mtlda.cli import (
+    block_choices,
+    evaluation_config,
+    experiment_file,
+    experiment_parser,
+    print_config,
+    resolve_config,
+)
 from mtlda.data.catalog import dataset_names
 from mtlda.distributed import shutdown_distributed
 from mtlda.errors import UserInputError
 from mtlda.scenarios.checkpoint import isolated_rng
-from mtlda.scenarios.runner import build_scenario, checkpoint_config, evaluate_and_report, report, train
+from mtlda.scenarios.runner import build_scenario, evaluate_and_report, report, train
 from mtlda.scenarios.sde import STAGES, load_pretrained_depth
 from mtlda.schema import ExperimentConfig
 
@@ -101,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.evaluate:
         stated = args.config or args.dataset or args.stage or args.block
-        cfg = stage_config(args, args.stage) if stated else checkpoint_config(args.evaluate, args.overrides)
+        cfg = stage_config(args, args.stage) if stated else evaluation_config(args)
         if args.print_config:
             print_config(cfg)
         else:

@@ -33,6 +33,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from mtlda.cli import find_config
 from mtlda.commands.results import (
     Experiment,
@@ -41,16 +43,19 @@ from mtlda.commands.results import (
     class_names,
     csv_text,
     file_name,
+    flatten,
     group_by_experiment,
+    is_run_only,
     load_run,
     markdown,
 )
-from mtlda.config import load_config
+from mtlda.config import load_config, to_dict
 from mtlda.errors import Interrupted, UserInputError
 from mtlda.files import write_text_atomic
 from mtlda.report import columns, decimals, format_value
 from mtlda.schema import ExperimentConfig
 from mtlda.tasks import DisparityTask, default_weights, task_codes, task_weights
+from mtlda.weights.targets import experiment_scenario
 
 # The command that trains each scenario's experiments.
 SCENARIO_COMMANDS = {"supervised": "train", "uda": "uda", "sde": "sde"}
@@ -155,7 +160,8 @@ def completed_weights(cfg: ExperimentConfig, overrides: Sequence[str]) -> list[s
 
 
 def grid_cells(experiment: Path, fixed: Sequence[str], axes: Sequence[Axis]) -> list[Cell]:
-    """Every cell of the grid, its config checked (unknown keys, bad values, incomplete task weights)."""
+    """Every cell of the grid, its config checked (unknown keys, bad values, incomplete task weights, the names of
+    registered blocks, architectures and weightings)."""
     keys = [axis.key for axis in axes]
     if len(set(keys)) != len(keys):
         raise UserInputError(f"--grid: a key is given twice ({', '.join(keys)}); give each key's values once")
@@ -166,6 +172,9 @@ def grid_cells(experiment: Path, fixed: Sequence[str], axes: Sequence[Axis]) -> 
         cfg = load_config(experiment, [*fixed, *(o for o in grid if not o.startswith(WEIGHT_KEY))])
         overrides = [*grid, *completed_weights(cfg, grid)]
         task_weights(load_config(experiment, [*fixed, *overrides]).tasks)
+        # The cell's modules on the meta device (no data, no weights read): an unknown block, architecture or
+        # weighting is refused here, not after the cells before it have trained.
+        experiment_scenario(load_config(experiment, [*fixed, *overrides, "model.pretrained=none"]), "meta")
         named = "_".join(f"{short[key]}={value}" for key, value in zip(keys, values))
         label = re.sub(r"[^A-Za-z0-9._=+-]+", "_", named)
         cells.append(Cell(label, tuple(overrides)))
@@ -178,6 +187,25 @@ def child_command(experiment: Path, command: str, fixed: Sequence[str], name: st
     return [sys.executable, "-m", "mtlda", command, "--config", str(experiment),
             *(arg for o in sets for arg in ("--set", o)), "--seed", str(run.seed), "--workdir", str(run.folder),
             *(["--resume"] if run.state == "resume" else [])]
+
+
+def refuse_stale_runs(experiment: Path, fixed: Sequence[str], name: str, runs: Sequence[Run]) -> None:
+    """UserInputError when a run folder of the sweep holds a run of another configuration (the experiment file or
+    the --set values changed since): it would be counted (or resumed) as this cell's."""
+    for run in runs:
+        stored_file = run.folder / "config.yaml"
+        if run.state == "start" or not stored_file.is_file():
+            continue
+        stored = flatten(yaml.safe_load(stored_file.read_text()) or {})
+        wanted = flatten(to_dict(load_config(experiment, [*fixed, *run.cell.overrides, f"name={name}__{run.cell.label}",
+                                                          f"seed={run.seed}"])))
+        changed = sorted(key for key in set(stored) | set(wanted)
+                         if not is_run_only(key) and stored.get(key, "<absent>") != wanted.get(key, "<absent>"))
+        if changed:
+            shown = "; ".join(f"{key}: {stored.get(key, '<absent>')!r} there, {wanted.get(key, '<absent>')!r} now"
+                              for key in changed[:3])
+            raise UserInputError(f"{run.folder} holds a run of another configuration ({shown}"
+                                 f"{'; ...' if len(changed) > 3 else ''}): delete it, or give this sweep another --out")
 
 
 def gpu_slots(cfg: ExperimentConfig) -> list[str | None]:
@@ -356,6 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or Path("runs") / "sweeps" / file_name(base.name)
     runs = [Run(cell, seed, out / cell.label / f"s{seed}") for cell in cells for seed in parse_seeds(args.seeds)]
     command = SCENARIO_COMMANDS[base.scenario]
+    refuse_stale_runs(experiment, args.overrides, base.name, runs)
     if args.dry_run:
         for run in runs:
             print(f"{run.state}: {' '.join(child_command(experiment, command, args.overrides, base.name, run))}")

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 from mtlda.cli import (
     block_choices,
+    evaluation_config,
     experiment_file,
     experiment_parser,
     experiment_stem,
@@ -31,7 +32,6 @@ from mtlda.cli import (
     run_experiment,
 )
 from mtlda.data.catalog import dataset_names
-from mtlda.scenarios.runner import checkpoint_config
 from mtlda.schema import ExperimentConfig
 
 
@@ -47,7 +47,7 @@ def parser() -> argparse.ArgumentParser:
 def config_of(args: argparse.Namespace) -> ExperimentConfig:
     refuse_selection_with_config(args, ("dataset", "tasks", "block"))
     if args.evaluate and not args.config and not (args.dataset or args.tasks or args.block):
-        return checkpoint_config(args.evaluate, args.overrides)
+        return evaluation_config(args)
     config = args.config
     if config is None:
         codes = parse_task_codes("S,D,N" if args.tasks is None else args.tasks)

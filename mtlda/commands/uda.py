@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from mtlda.cli import (
     UDA_PAIRS,
     block_choices,
+    evaluation_config,
     experiment_file,
     experiment_parser,
     experiment_stem,
@@ -34,7 +35,6 @@ from mtlda.cli import (
     run_experiment,
 )
 from mtlda.errors import UserInputError
-from mtlda.scenarios.runner import checkpoint_config
 from mtlda.schema import ExperimentConfig
 
 SOURCES = sorted({s for s, _ in UDA_PAIRS})
@@ -55,7 +55,7 @@ def parser() -> argparse.ArgumentParser:
 def config_of(args: argparse.Namespace) -> ExperimentConfig:
     refuse_selection_with_config(args, ("src", "tgt", "tasks", "block", "no_adapt"))
     if args.evaluate and not args.config and not (args.src or args.tgt or args.tasks or args.block):
-        return checkpoint_config(args.evaluate, args.overrides)
+        return evaluation_config(args)
     config = args.config
     if config is None:
         src = args.src or "toycity"

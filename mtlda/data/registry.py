@@ -28,7 +28,7 @@ from mtlda.data.io import DatasetError
 from mtlda.data.normals_io import NORMALS_DIR
 from mtlda.data.toycity import MAX_DEPTH as TOYCITY_MAX_DEPTH
 from mtlda.data.toycity_export import FORMATS as TOYCITY_FORMATS
-from mtlda.data.toycity_export import SEQUENCE_FORMATS, ensure_toycity, toycity_name
+from mtlda.data.toycity_export import SEQUENCE_FORMATS, ensure_toycity, toycity_domain, toycity_name
 from mtlda.schema import DataConfig
 
 # Names accepted by data.dataset when this module was imported (kept for callers of the former constant; a command
@@ -44,6 +44,7 @@ class DatasetInfo:
     """
 
     name: str
+    domain: str  # the name without the scene selection (toycity's seed and validation count)
     num_classes: int
     class_names: tuple[str, ...]
     palette: np.ndarray
@@ -129,6 +130,7 @@ def dataset_info(cfg: DataConfig) -> DatasetInfo:
     toycity = cfg.dataset == TOYCITY
     return DatasetInfo(
         name=toycity_name(cfg.toycity) if toycity else cfg.dataset,
+        domain=toycity_domain(cfg.toycity) if toycity else cfg.dataset,
         num_classes=classes.num_classes,
         class_names=classes.class_names,
         palette=classes.palette_array(),

@@ -243,10 +243,22 @@ def _check(fmt: str, style: str, num_train: int, num_val: int) -> None:
                              f"{len(synthia.split_names('val'))} validation toycity scenes")
 
 
-def toycity_name(cfg: ToycityConfig) -> str:
-    """The data set name of a toycity configuration in results and references: ``toycity-<style>``, plus
-    ``-<format>`` for formats other than cityscapes."""
+def toycity_domain(cfg: ToycityConfig) -> str:
+    """The domain of a toycity configuration, whatever its scenes: ``toycity-<style>``, plus ``-<format>`` for
+    formats other than cityscapes."""
     return f"toycity-{cfg.style}" + ("" if cfg.format == "cityscapes" else f"-{cfg.format}")
+
+
+def toycity_name(cfg: ToycityConfig) -> str:
+    """The data set name of a toycity configuration in results and references: its :func:`toycity_domain` and
+    what changes its validation scenes when not the default: ``-s<seed>``, ``-<n>val`` (runs and references on
+    other scenes are never compared)."""
+    name = toycity_domain(cfg)
+    if cfg.seed != ToycityConfig.seed:
+        name += f"-s{cfg.seed}"
+    if cfg.num_val != ToycityConfig.num_val:
+        name += f"-{cfg.num_val}val"
+    return name
 
 
 def cache_folder(cfg: ToycityConfig) -> Path:

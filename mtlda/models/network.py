@@ -74,7 +74,8 @@ class MultiTaskNet(nn.Module):
         self.min_input_size = max(self.input_multiple, 2 * max(encoder.strides))
 
     def valid_input_size(self, height: int, width: int) -> None:
-        """Raise ValueError unless H and W are multiples of ``input_multiple`` and at least ``min_input_size``.
+        """Raise UserInputError (a ValueError) unless H and W are multiples of ``input_multiple`` and at least
+        ``min_input_size``.
 
         The multiple is the encoder's output stride combined with the exchange blocks' token strides; the minimum
         keeps at least 2 pixels on the coarsest map (reflection padding).
@@ -83,7 +84,7 @@ class MultiTaskNet(nn.Module):
         bad = [(name, size) for name, size in (("height", height), ("width", width)) if size % m or size < low]
         if bad:
             hints = "; ".join(f"{name} {size} -> {_nearest_valid(size, m, low)}" for name, size in bad)
-            raise ValueError(
+            raise UserInputError(
                 f"input size {height}x{width} is not supported: height and width must be multiples of {m} "
                 f"(encoder output stride and exchange-block pooling) and at least {low}. Nearest valid: {hints}."
             )

@@ -155,9 +155,15 @@ class DenseScenario(Scenario):
         return model
 
     def reference_key(self) -> ReferenceKey:
+        """What the run's numbers may be compared with: scenario, data set and the part of it scored, classes,
+        resolution, setting, kind."""
         h, w = input_size(self.cfg.data, train=False)
-        return ReferenceKey(self.cfg.scenario, self.info.name, self.info.num_classes, f"{h}x{w}",
-                            self.reference_setting(), self.cfg.references.kind)
+        data = self.cfg.data
+        scored = [f"split {data.val_split}"] if data.val_split != DataConfig.val_split else []
+        scored += [f"first {data.max_val_samples}"] if data.max_val_samples else []
+        dataset = self.info.name + (f" ({', '.join(scored)})" if scored else "")
+        return ReferenceKey(self.cfg.scenario, dataset, self.info.num_classes, f"{h}x{w}", self.reference_setting(),
+                            self.cfg.references.kind)
 
     # ---------------------------------------------------------------------------- the engine contract
     def modules(self) -> dict[str, nn.Module]:

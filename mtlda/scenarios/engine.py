@@ -324,6 +324,11 @@ class Engine:
     def _prepare_workdir(self, resume: bool) -> None:
         if self.workdir.exists() and not self.workdir.is_dir():
             raise UserInputError(f"--workdir {self.workdir} is a file, not a folder: choose another --workdir")
+        if not resume and (self.workdir / "last.pt").is_file():
+            raise UserInputError(
+                f"{self.workdir} already holds a run (last.pt): continue it with --resume, or start this run in "
+                "another folder (--workdir, --seed or --set name=...), or delete that folder first"
+            )
         try:
             self.workdir.mkdir(parents=True, exist_ok=True)
             probe = self.workdir / f".write-test-{self.dist.rank}"

@@ -19,6 +19,7 @@ from mtlda.depth_by_class import labelled_validation_split, report_depth_by_clas
 from mtlda.distributed import DistInfo, init_distributed, resolve_device, shutdown_distributed
 from mtlda.files import write_text_atomic
 from mtlda.models.network import format_parameter_counts
+from mtlda.references import refuse_unless_reference
 from mtlda.report import per_class_table, protocol_block, results_table
 from mtlda.scenarios.checkpoint import isolated_rng, load_checkpoint
 from mtlda.scenarios.dense import DenseScenario, target_names
@@ -102,6 +103,8 @@ def evaluate_and_report(cfg: ExperimentConfig, checkpoint: str, depth_by_class: 
 def train_and_report(cfg: ExperimentConfig, resume: bool = False, allow_changed: Sequence[str] = (),
                      record_reference: bool = False, split_name: str = "val") -> dict:
     """Train (or continue) a run, optionally record it as a single-task reference, print the results table."""
+    if record_reference:
+        refuse_unless_reference(cfg)
     engine, scenario, _ = train(cfg, resume=resume, allow_changed=allow_changed)
     if engine.is_main:
         if record_reference:

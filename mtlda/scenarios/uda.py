@@ -41,10 +41,10 @@ class UDAScenario(DenseScenario):
         if missing:
             raise UserInputError(f"uda.adv_scales {missing} are not network outputs (model.scales {cfg.model.scales})")
         source, target = dataset_info(cfg.uda.source), dataset_info(cfg.data)
-        if source.name == target.name:
+        if source.domain == target.domain:
             raise UserInputError(
                 f"uda: the source (uda.source) and the target (data) are the same data set "
-                f"({target.name}): adapt between two domains, e.g. toycity styles flat -> textured, "
+                f"({target.domain}): adapt between two domains, e.g. toycity styles flat -> textured, "
                 "or --src synthia --tgt cityscapes"
             )
         if train and source.num_classes != target.num_classes:
@@ -63,7 +63,7 @@ class UDAScenario(DenseScenario):
         return {"discriminators": discriminators.to(self.engine.device)}
 
     def reference_setting(self) -> str:
-        source = dataset_info(self.cfg.uda.source).name
+        source = dataset_info(self.cfg.uda.source).domain
         return f"from {source}, " + ("adapted" if self.cfg.uda.enabled else "source-only")
 
     def optimizers(self) -> dict[str, OptimizerSpec]:

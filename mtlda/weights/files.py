@@ -26,6 +26,12 @@ def sha256_of(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def _reason(err: BaseException) -> str:
+    """The error's type and the start of its first line."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0][:120]}" if text else type(err).__name__
+
+
 def load_state_dict(source: str | os.PathLike | bytes, name: str) -> tuple[dict[str, Tensor], dict[str, object]]:
     """(tensors, metadata) of a state-dict file or its bytes; ``name`` is used in messages.
 
@@ -38,13 +44,19 @@ def load_state_dict(source: str | os.PathLike | bytes, name: str) -> tuple[dict[
         raise WeightImportError(f"weight file not found: {source}")
     try:
         loaded = torch.load(handle, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError) as err:
+    except pickle.UnpicklingError as err:
+        if "GLOBAL" not in str(err):  # not a refused class: a file that is no pickle at all
+            raise WeightImportError(f"{name} is not a PyTorch weight file or is truncated (torch.load: "
+                                    f"{_reason(err)}); download or copy it again") from None
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise WeightImportError(
             f"{name} cannot be read as data (torch.load(weights_only=True): {first}). It holds more than tensors "
             "(a pickled model, optimizer or custom class). On a machine with the code that wrote it, re-save the "
             "state dict alone: torch.save(dict(model.state_dict()), 'weights.pkl'), then import that file"
         ) from None
+    except (RuntimeError, EOFError, AttributeError, ValueError, IndexError, KeyError, UnicodeDecodeError) as err:
+        raise WeightImportError(f"{name} is not a PyTorch weight file or is truncated (torch.load: "
+                                f"{_reason(err)}); download or copy it again") from None
     if not isinstance(loaded, Mapping):
         raise WeightImportError(f"{name} holds a {type(loaded).__name__}, not a state dict (name -> tensor); "
                                 "re-save it with torch.save(model.state_dict(), path)")
