@@ -6,7 +6,8 @@
     >>> out.semseg.shape, out.depth.shape         # (H, W) class ids, (H, W) metres: the input's size
 
 Images are resized to the model's training resolution (metric depth depends on it), predicted, and the outputs
-resized back to the input's size (class ids with nearest sampling, unit normals renormalised).
+resized back to the input's size (class ids as the argmax of the bilinearly resized logits, unit normals
+renormalised).
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtlda.config import load_config
+from mtlda.data.augment import resize_image
 from mtlda.data.io import read_rgb
 from mtlda.errors import UserInputError
 from mtlda.resize import resize_to
@@ -29,6 +30,7 @@ from mtlda.scenarios.checkpoint import CheckpointError, load_checkpoint, state_m
 from mtlda.scenarios.dense import DenseScenario, input_size
 from mtlda.scenarios.engine import Engine
 from mtlda.scenarios.registry import scenario_class
+from mtlda.scenarios.runner import without_pretrained
 from mtlda.schema import ExperimentConfig
 from mtlda.tasks import Task
 
@@ -62,18 +64,33 @@ def image_file(path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+_INTEGER_SCALES = {torch.uint8: 255.0, torch.uint16: 65535.0}
+
+
+def _unit_range(image: Tensor, what: str) -> Tensor:
+    """(3, H, W) float32 in [0, 1] of uint8 (/ 255), uint16 (/ 65535) or float values already in [0, 1]."""
+    if image.dtype in _INTEGER_SCALES:
+        return image.float() / _INTEGER_SCALES[image.dtype]
+    if not image.is_floating_point():
+        raise UserInputError(f"{what} of {image.dtype} values: pass uint8, uint16 or floats in [0, 1]")
+    if image.numel() and (image.min() < 0 or image.max() > 1):
+        raise UserInputError(f"{what} has values in [{float(image.min()):g}, {float(image.max()):g}]: floats must "
+                             "be in [0, 1] (divide 8-bit values by 255)")
+    return image.float()
+
+
 def as_image(image: ImageLike) -> Tensor:
-    """(3, H, W) float32 RGB in [0, 1] of a file path, an (H, W, 3) uint8 array or a (3, H, W) tensor."""
+    """(3, H, W) float32 RGB in [0, 1] of a file path, an (H, W, 3) array or a (3, H, W) tensor (uint8, uint16 or
+    floats in [0, 1])."""
     if isinstance(image, (str, os.PathLike)):
         return torch.from_numpy(read_rgb(image_file(image))).permute(2, 0, 1).float().div(255)
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
             raise UserInputError(f"an image array must be (H, W, 3) RGB, got shape {image.shape}")
-        scale = 255.0 if image.dtype == np.uint8 else 1.0
-        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(scale)
+        return _unit_range(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), "an image array")
     if image.ndim != 3 or image.shape[0] != 3:
         raise UserInputError(f"an image tensor must be (3, H, W) RGB in [0, 1], got shape {tuple(image.shape)}")
-    return image.float()
+    return _unit_range(image, "an image tensor")
 
 
 class Predictor(nn.Module):
@@ -100,9 +117,7 @@ class Predictor(nn.Module):
         height, width = rgb.shape[-2:]
         net_size = size or self.size
         self.network.valid_input_size(*net_size)
-        resized = F.interpolate(rgb[None], size=net_size, mode="bilinear", align_corners=False,
-                                antialias=net_size[0] < height)
-        preds = self.network(resized)
+        preds = self.network(resize_image(rgb, net_size)[None])
         maps, raw = {}, {}
         for name, task in self.tasks.items():
             decoded = task.decode(resize_to(preds[(name, 0)].float(), (height, width)))
@@ -130,4 +145,4 @@ def load_model(checkpoint: str | os.PathLike, device: str = "cpu", overrides: tu
     model) in eval mode, with its config attached (``model.config``) and ``model.predict(image)``."""
     ckpt: dict[str, Any] = load_checkpoint(checkpoint, device)
     cfg = load_config(None, overrides, stored=ckpt["config"])
-    return build_inference(cfg, ckpt["modules"]["model"], device)
+    return build_inference(without_pretrained(cfg), ckpt["modules"]["model"], device)

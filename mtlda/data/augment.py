@@ -63,7 +63,7 @@ class AugmentConfig:
         )
 
 
-def _resize_image(x: Tensor, size: tuple[int, int]) -> Tensor:
+def resize_image(x: Tensor, size: tuple[int, int]) -> Tensor:
     """(C, H, W) float bilinear, antialiased when shrinking."""
     shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
     return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=shrink)[0]
@@ -77,11 +77,11 @@ def resize_sample(sample: Sample, height: int, width: int) -> Sample:
     size = (height, width)
     K = scale_intrinsics(sample.K[None], width / w, height / h)[0]
     return Sample(
-        image=_resize_image(sample.image, size),
+        image=resize_image(sample.image, size),
         K=K,
         targets={k: target_kind(k).resize(v, size) for k, v in sample.targets.items()},
         masks={k: MASK.resize(v, size) for k, v in sample.masks.items()},
-        frames={k: _resize_image(v, size) for k, v in sample.frames.items()},
+        frames={k: resize_image(v, size) for k, v in sample.frames.items()},
         id=sample.id,
     )
 

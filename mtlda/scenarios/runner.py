@@ -59,9 +59,15 @@ def train(cfg: ExperimentConfig, resume: bool = False, allow_changed: Sequence[s
     return engine, scenario, metrics
 
 
+def without_pretrained(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` with ``model.pretrained: none``: for a network whose weights all come from a checkpoint (no
+    ImageNet file is read or downloaded only to be overwritten)."""
+    return replace(cfg, model=replace(cfg.model, pretrained="none"))
+
+
 def evaluate_checkpoint(cfg: ExperimentConfig, checkpoint: str) -> tuple[Engine, DenseScenario]:
     """The scenario of ``cfg`` (validation split only) with the checkpoint's network weights."""
-    engine, scenario = build_scenario(cfg, train=False, show_progress=False)
+    engine, scenario = build_scenario(without_pretrained(cfg), train=False, show_progress=False)
     engine.scenario = scenario
     engine.load_modules(load_checkpoint(checkpoint, engine.device), ["model"])
     return engine, scenario
