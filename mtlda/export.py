@@ -51,7 +51,7 @@ class RawOutputs(nn.Module):
 def load_trained_model(checkpoint: str | os.PathLike) -> tuple[MultiTaskNet, ExperimentConfig]:
     """The network of an mtlda checkpoint on the CPU in eval mode, and its config (no pretrained weights fetched:
     the checkpoint has them all)."""
-    predictor = load_model(checkpoint, "cpu", ("model.pretrained=none",))
+    predictor = load_model(checkpoint, "cpu")
     return predictor.network.eval(), predictor.config
 
 
@@ -78,7 +78,7 @@ def export_model(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike
     out = Path(out)
     refuse_overwriting_source(out, Path(checkpoint))
     refuse_overwriting_source(Path(f"{out}.json"), Path(checkpoint))
-    predictor = load_model(checkpoint, "cpu", ("model.pretrained=none",))
+    predictor = load_model(checkpoint, "cpu")
     model, cfg = predictor.network.eval(), predictor.config
     height = height or cfg.data.val_height or cfg.data.height
     width = width or cfg.data.val_width or cfg.data.width
