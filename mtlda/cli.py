@@ -31,7 +31,7 @@ def find_config(path: str) -> Path:
     if packaged.is_file():
         return packaged
     if given.is_dir():
-        raise ConfigError(f"--config {path} is a folder: pass one experiment file in it (see the experiments folder "
+        raise ConfigError(f"{path} is a folder: pass one experiment file in it (see the experiments folder "
                           f"{EXPERIMENTS})")
     raise ConfigError(f"config file not found: {path} (see the experiments folder {EXPERIMENTS})")
 
@@ -110,8 +110,7 @@ def resolve_config(args: argparse.Namespace, config: str | Path | None,
 def evaluation_config(args: argparse.Namespace) -> ExperimentConfig:
     """``--evaluate CKPT`` without an experiment: the checkpoint's own config with the common options; the
     eval-* files go to --workdir, by default the checkpoint's folder (as ``mtlda evaluate``)."""
-    workdir = args.workdir or Path(args.evaluate).resolve().parent
-    return checkpoint_config(args.evaluate, [*common_overrides(args), f"workdir={workdir}"])
+    return checkpoint_config(args.evaluate, common_overrides(args), args.workdir)
 
 
 def refuse_selection_with_config(args: argparse.Namespace, flags: Sequence[str]) -> None:

@@ -68,8 +68,8 @@ def read_yaml(path: Path) -> dict:
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path} (pass an existing file, e.g. one in experiments/)") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"{path} is not a text (YAML) file; pass an experiment file, e.g. one in experiments/ "
-                          "(a checkpoint goes to --evaluate or --resume)") from None
+        raise ConfigError(f"{path} is not UTF-8 text, so not an experiment (YAML) file; pass one, e.g. from "
+                          "experiments/ (a checkpoint goes to --evaluate or --resume)") from None
     try:
         data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as err:

@@ -86,4 +86,3 @@ def refuse_overwriting_source(out: Path, source: Path, option: str = "--out") ->
         raise UserInputError(f"{option} {out} is the input file itself: name a new file (the input is kept)")
     if out.name in RUN_FILES and out.resolve().parent == source.resolve().parent:
         raise UserInputError(f"{option} {out} would replace the run's own {out.name}: name a file of its own")
-

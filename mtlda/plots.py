@@ -167,7 +167,10 @@ def training_curves(
                     if band == "minmax":
                         low, high = np.nanmin(matrix, axis=0), np.nanmax(matrix, axis=0)
                     else:
-                        spread = np.nanstd(matrix, axis=0, ddof=1)  # the sample std, as the tables
+                        # The sample std, as the tables; zero where a single seed has a value.
+                        several = np.sum(np.isfinite(matrix), axis=0) > 1
+                        spread = np.zeros_like(mean)
+                        spread[several] = np.nanstd(matrix[:, several], axis=0, ddof=1)
                         low, high = mean - spread, mean + spread
                     ax.fill_between(steps, low, high, color=colour, alpha=0.2, linewidth=0)
             ax.set_title(curve_title(tag))

@@ -388,10 +388,10 @@ CASES = [
     Case("config: missing file", lambda e: ["train", *e.tiny, "--config", "nope.yaml"],
          r"config file not found: nope\.yaml \(see the experiments folder .*experiments\)"),
     Case("config: a checkpoint as --config", lambda e: ["train", *e.tiny, "--config", e.shared.weights],
-         r"\S+model\.pt is not a text \(YAML\) file; pass an experiment file, e\.g\. one in experiments/ \(a "
-         r"checkpoint goes to --evaluate or --resume\)"),
+         r"\S+model\.pt is not UTF-8 text, so not an experiment \(YAML\) file; pass one, e\.g\. from experiments/ "
+         r"\(a checkpoint goes to --evaluate or --resume\)"),
     Case("config: a folder as --config", lambda e: ["train", *e.tiny, "--config", e.tmp],
-         r"--config \S+ is a folder: pass one experiment file in it"),
+         r"\S+ is a folder: pass one experiment file in it"),
     Case("config: a negative learning rate", lambda e: ["train", *e.tiny, *sets("optim.lr.backbone=-1")],
          r"--set: optim\.lr\.backbone: -1\.0 is below the minimum 0; use 0 or more"),
     Case("config: an input size the network cannot take", lambda e: ["train", *e.tiny, *sets("data.height=40")],
@@ -466,8 +466,7 @@ CASES = [
          r"cannot write into the run folder \S+ \(Permission denied\); choose a writable --workdir", started=True,
          prepare=lambda e: e.read_only(e.tmp / "ro"), untouched=lambda e: [e.made]),
     Case("workdir: holds a run, no --resume", lambda e: ["train", *e.tiny, "--seed", "1", "--workdir", e.made],
-         r"\S+run already holds a run \(last\.pt\): continue it with --resume, or start this run in another "
-         r"folder", started=True, prepare=lambda e: e.run_copy(), untouched=lambda e: [e.made]),
+         r"\S+run already holds a run: continue it with --resume, or start this run in another folder", started=True, prepare=lambda e: e.run_copy(), untouched=lambda e: [e.made]),
     Case("workdir: --record-reference of an ordinary experiment, before training",
          lambda e: ["train", *e.tiny, "--record-reference"],
          r"toycity_sdn_mteb is not a reference experiment \(references\.is_reference is false\)",

@@ -1,3 +1,4 @@
+import warnings
 from pathlib import Path
 
 import cv2
@@ -84,3 +85,12 @@ def test_confusion_matrix_image_sizes_and_normalisations(tmp_path):
     with pytest.raises(ValueError):
         confusion_matrix_image(confusion, names, tmp_path / "x.png", normalise="rows")
     assert confusion.tolist() == [[50, 5, 0], [10, 40, 0], [0, 0, 0]]
+
+
+def test_a_band_over_seeds_of_unequal_length_warns_of_nothing(tmp_path):
+    """The ± band is the sample std where at least two seeds have a value, zero where one has."""
+    short = {"val/semseg/miou": [(1, 10.0), (2, 20.0)]}
+    long = {"val/semseg/miou": [(1, 12.0), (2, 22.0), (3, 30.0)]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        training_curves({"a": [short, long]}, tmp_path / "band.png", tags=["val/semseg/miou"], band="std")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from pathlib import Path
 
 from mtlda.cli import print_config
 from mtlda.scenarios.runner import checkpoint_config, evaluate_and_report
@@ -47,8 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = list(args.overrides)
     if args.device:
         overrides.append(f"device={args.device}")
-    overrides.append(f"workdir={args.workdir or Path(args.checkpoint).resolve().parent}")
-    cfg = checkpoint_config(args.checkpoint, overrides)
+    cfg = checkpoint_config(args.checkpoint, overrides, args.workdir)
     if args.print_config:
         print_config(cfg)
         return 0

@@ -43,16 +43,15 @@ from mtlda.commands.results import (
     class_names,
     csv_text,
     file_name,
-    flatten,
     group_by_experiment,
-    is_run_only,
     load_run,
     markdown,
 )
-from mtlda.config import load_config, to_dict
+from mtlda.config import load_config
 from mtlda.errors import Interrupted, UserInputError
 from mtlda.files import write_text_atomic
 from mtlda.report import columns, decimals, format_value
+from mtlda.scenarios.resume_check import config_changes
 from mtlda.schema import ExperimentConfig
 from mtlda.tasks import DisparityTask, default_weights, task_codes, task_weights
 from mtlda.weights.targets import experiment_scenario
@@ -196,14 +195,11 @@ def refuse_stale_runs(experiment: Path, fixed: Sequence[str], name: str, runs: S
         stored_file = run.folder / "config.yaml"
         if run.state == "start" or not stored_file.is_file():
             continue
-        stored = flatten(yaml.safe_load(stored_file.read_text()) or {})
-        wanted = flatten(to_dict(load_config(experiment, [*fixed, *run.cell.overrides, f"name={name}__{run.cell.label}",
-                                                          f"seed={run.seed}"])))
-        changed = sorted(key for key in set(stored) | set(wanted)
-                         if not is_run_only(key) and stored.get(key, "<absent>") != wanted.get(key, "<absent>"))
+        wanted = load_config(experiment, [*fixed, *run.cell.overrides, f"name={name}__{run.cell.label}",
+                                          f"seed={run.seed}"])
+        changed = config_changes(yaml.safe_load(stored_file.read_text()) or {}, wanted)  # what --resume refuses
         if changed:
-            shown = "; ".join(f"{key}: {stored.get(key, '<absent>')!r} there, {wanted.get(key, '<absent>')!r} now"
-                              for key in changed[:3])
+            shown = "; ".join(f"{key}: {old!r} there, {new!r} now" for key, (old, new) in list(changed.items())[:3])
             raise UserInputError(f"{run.folder} holds a run of another configuration ({shown}"
                                  f"{'; ...' if len(changed) > 3 else ''}): delete it, or give this sweep another --out")
 

@@ -140,7 +140,7 @@ class Engine:
                 self.scaler.unscale_(opt)
                 norms[name] = torch.nn.utils.clip_grad_norm_(params, clip)
             elif not self.scaler.is_enabled():
-                norms[name] = torch.nn.utils.get_total_norm([p.grad for p in params])
+                norms[name] = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
         if not self.scaler.is_enabled():
             self._check_finite_gradients(norms)
         for name, opt in self.optimizers.items():
@@ -324,11 +324,6 @@ class Engine:
     def _prepare_workdir(self, resume: bool) -> None:
         if self.workdir.exists() and not self.workdir.is_dir():
             raise UserInputError(f"--workdir {self.workdir} is a file, not a folder: choose another --workdir")
-        if not resume and (self.workdir / "last.pt").is_file():
-            raise UserInputError(
-                f"{self.workdir} already holds a run (last.pt): continue it with --resume, or start this run in "
-                "another folder (--workdir, --seed or --set name=...), or delete that folder first"
-            )
         try:
             self.workdir.mkdir(parents=True, exist_ok=True)
             probe = self.workdir / f".write-test-{self.dist.rank}"
@@ -343,6 +338,12 @@ class Engine:
         self.attach(scenario)
         cfg = self.cfg.train
         last = self.workdir / "last.pt"
+        if not resume and (last.is_file() or (self.workdir / "results.json").is_file()):
+            # Every rank looks (the files are shared), so all stop alike.
+            raise UserInputError(
+                f"{self.workdir} already holds a run: continue it with --resume, or start this run in another "
+                "folder (--workdir, --seed or --set name=...), or delete that folder first"
+            )
         if self.is_main:
             self._prepare_workdir(resume)
         if resume:
@@ -376,14 +377,17 @@ class Engine:
                     bar.update(1)
                     if self.iteration % cfg.log_every == 0 or self.iteration == 1:
                         self._log_training(out, rates, time.perf_counter() - tic, bar)
-                    # Validation before the periodic checkpoint, so that last.pt knows the best score it produced.
+                    periodic = bool(cfg.checkpoint_every) and self.iteration % cfg.checkpoint_every == 0
+                    if periodic:
+                        self.save()
                     if (cfg.val_every and self.iteration % cfg.val_every == 0) or self.iteration == cfg.iterations:
+                        best = dict(self.best)
                         metrics = self.validate()
+                        if periodic and self.best != best:
+                            self.save()  # last.pt knows the best score it produced (a resume keeps best.pt)
                     if cfg.image_every and self.is_main and (
                             self.iteration % cfg.image_every == 0 or self.iteration == cfg.iterations):
                         self._log_images()
-                    if cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0:
-                        self.save()
                     if stop.agreed(self.device) and self.iteration < cfg.iterations:
                         self.save()
                         raise Interrupted(f"stopped by {stop.signal_name or 'a peer'} after iteration "

@@ -73,9 +73,11 @@ def evaluate_checkpoint(cfg: ExperimentConfig, checkpoint: str) -> tuple[Engine,
     return engine, scenario
 
 
-def checkpoint_config(path: str, overrides: Sequence[str]) -> ExperimentConfig:
-    """The config a checkpoint was trained with, with ``overrides`` applied."""
-    return load_config(None, overrides, stored=load_checkpoint(path)["config"])
+def checkpoint_config(path: str, overrides: Sequence[str], workdir: str | Path | None = None) -> ExperimentConfig:
+    """The config a checkpoint was trained with, with ``overrides`` applied; its workdir (where evaluation files
+    go) is ``workdir``, by default the checkpoint's folder (not the run folder its config names)."""
+    folder = workdir or Path(path).resolve().parent
+    return load_config(None, [*overrides, f"workdir={folder}"], stored=load_checkpoint(path)["config"])
 
 
 def evaluate_and_report(cfg: ExperimentConfig, checkpoint: str, depth_by_class: bool = False,
