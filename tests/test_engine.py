@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from mtlda.config import load_config
 from mtlda.data.sampling import infinite_batches
-from mtlda.distributed import init_distributed
+from mtlda.distributed import DistInfo, init_distributed
 from mtlda.errors import UserInputError
 from mtlda.files import WriteError
 from mtlda.scenarios.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -416,9 +416,22 @@ def test_a_failing_validation_keeps_the_checkpoint_of_its_iteration(tmp_path):
     assert load_checkpoint(tmp_path / "last.pt")["iteration"] == 3
 
 
-def test_a_folder_that_holds_a_run_is_not_started_over(tmp_path):
+class Unwrapped(ToyScenario):
+    def wrap_for_distributed(self, engine):
+        pass
+
+
+def test_a_folder_that_holds_a_run_is_not_started_over_by_any_rank(tmp_path):
     _run(_cfg(tmp_path, iterations=3))
     before = (tmp_path / "last.pt").read_bytes()
     with pytest.raises(UserInputError, match="already holds a run: continue it with --resume"):
         _run(_cfg(tmp_path, iterations=3, **{"optim.lr.decoders": 0.01}))
+    cfg = _cfg(tmp_path, iterations=3)
+    engine = Engine(cfg, tmp_path, torch.device("cpu"), dist=DistInfo(rank=1, world_size=2), show_progress=False)
+    with pytest.raises(UserInputError, match="already holds a run"):  # not only the main rank
+        engine.fit(Unwrapped(cfg, engine))
     assert (tmp_path / "last.pt").read_bytes() == before
+    (tmp_path / "last.pt").unlink()
+    (tmp_path / "results.json").write_text("{}")  # what the runner writes after a finished run
+    with pytest.raises(UserInputError, match="already holds a run: its last.pt is gone: start this run in another"):
+        _run(_cfg(tmp_path, iterations=3))  # results.json alone

@@ -340,9 +340,10 @@ class Engine:
         last = self.workdir / "last.pt"
         if not resume and (last.is_file() or (self.workdir / "results.json").is_file()):
             # Every rank looks (the files are shared), so all stop alike.
+            how = "continue it with --resume, or start" if last.is_file() else "its last.pt is gone: start"
             raise UserInputError(
-                f"{self.workdir} already holds a run: continue it with --resume, or start this run in another "
-                "folder (--workdir, --seed or --set name=...), or delete that folder first"
+                f"{self.workdir} already holds a run: {how} this run in another folder (--workdir, --seed or "
+                "--set name=...), or delete that folder first"
             )
         if self.is_main:
             self._prepare_workdir(resume)
@@ -408,7 +409,8 @@ class Engine:
                 raise
             finally:
                 bar.close()
-        self.save()
+        if self.saved.get("last.pt") != self.iteration:  # not already written after this iteration's validation
+            self.save()
         if self.writer is not None:
             self.writer.flush()
         return metrics

@@ -49,8 +49,8 @@ def load_state_dict(source: str | os.PathLike | bytes, name: str) -> tuple[dict[
             raise WeightImportError(f"{name} is not a PyTorch weight file or is truncated (torch.load: "
                                     f"{_reason(err)}); download or copy it again") from None
         raise WeightImportError(
-            f"{name} cannot be read as data (torch.load(weights_only=True): {_reason(err)}). It holds more than tensors "
-            "(a pickled model, optimizer or custom class). On a machine with the code that wrote it, re-save the "
+            f"{name} cannot be read as data (torch.load(weights_only=True): {_reason(err)}). It holds more than "
+            "tensors (a pickled model, optimizer or custom class). On a machine with the code that wrote it, re-save the "
             "state dict alone: torch.save(dict(model.state_dict()), 'weights.pkl'), then import that file"
         ) from None
     except (RuntimeError, EOFError, AttributeError, ValueError, IndexError, KeyError, UnicodeDecodeError) as err:
