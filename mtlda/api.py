@@ -59,6 +59,8 @@ class Prediction:
 
 def image_file(path: str | os.PathLike) -> Path:
     """``path`` if it is a file; an error about the image otherwise."""
+    if Path(path).is_dir():
+        raise UserInputError(f"{path} is a folder: pass image files (e.g. {path}/*.png)")
     if not Path(path).is_file():
         raise UserInputError(f"image not found: {path} (pass the path of an existing image file)")
     return Path(path)

@@ -435,3 +435,21 @@ def test_a_folder_that_holds_a_run_is_not_started_over_by_any_rank(tmp_path):
     (tmp_path / "results.json").write_text("{}")  # what the runner writes after a finished run
     with pytest.raises(UserInputError, match="already holds a run: its last.pt is gone: start this run in another"):
         _run(_cfg(tmp_path, iterations=3))  # results.json alone
+
+
+LEFT_OPEN_LOADER = """
+import torch
+from mtlda.data.sampling import infinite_batches
+batches = infinite_batches(torch.zeros(16, 2), 4, 0, 0, torch.stack, workers=2)
+next(batches)  # left open at exit, as after an exception whose traceback keeps the generator alive
+print("exiting")
+"""
+
+
+def test_a_process_exits_with_its_loader_workers_still_open():
+    """At exit multiprocessing ends the workers with SIGTERM: a worker that ignored it would hang the process."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", LEFT_OPEN_LOADER], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "exiting" in done.stdout, done.stderr

@@ -31,8 +31,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
     for path in args.images:
-        if path.is_dir():
-            raise UserInputError(f"{path} is a folder: pass image files (e.g. {path}/*.png)")
         image_file(path)
     stems: dict[str, Path] = {}
     for path in args.images:
@@ -40,8 +38,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserInputError(f"{stems[path.stem]} and {path} would write the same {path.stem}_* files: predict "
                                  "them in separate runs with different --out folders (or rename one)")
         stems[path.stem] = path
-    if args.size and min(args.size) < 1:
-        raise UserInputError(f"--size {args.size[0]} {args.size[1]}: height and width must be positive")
     model = load_model(args.checkpoint, args.device)
     size = tuple(args.size) if args.size else None
     if args.out.exists() and not args.out.is_dir():

@@ -33,7 +33,7 @@ from mtlda.data.base import DenseDataset
 from mtlda.data.catalog import dataset_class, dataset_names, describe_datasets
 from mtlda.data.io import DatasetError
 from mtlda.data.normals_io import NORMALS_DIR, normals_path, write_normals
-from mtlda.data.sampling import ignore_stop_signals
+from mtlda.data.sampling import own_process_group
 from mtlda.errors import UserInputError
 from mtlda.files import WriteError
 from mtlda.geometry import normals_from_depth
@@ -94,7 +94,7 @@ def prepare_normals(dataset: str, root: Path, device: str = "auto", batch_size: 
     todo = [f for f in files if not normals_path(root, f, out).is_file()]
     target = _pick_device(device)
     batches = DataLoader(_DepthFiles(loader, root, todo), batch_size=batch_size, num_workers=workers,
-                         collate_fn=list, worker_init_fn=ignore_stop_signals)
+                         collate_fn=list, worker_init_fn=own_process_group)
     with tqdm(total=len(todo), desc=f"normals {dataset}", unit="map", disable=not progress) as bar:
         for items in batches:
             by_size = defaultdict(list)

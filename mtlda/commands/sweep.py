@@ -52,6 +52,7 @@ from mtlda.errors import Interrupted, UserInputError
 from mtlda.files import write_text_atomic
 from mtlda.report import columns, decimals, format_value
 from mtlda.scenarios.resume_check import config_changes
+from mtlda.scenarios.runner import without_pretrained
 from mtlda.schema import ExperimentConfig
 from mtlda.tasks import DisparityTask, default_weights, task_codes, task_weights
 from mtlda.weights.targets import experiment_scenario
@@ -170,10 +171,11 @@ def grid_cells(experiment: Path, fixed: Sequence[str], axes: Sequence[Axis]) -> 
         grid = [f"{key}={value}" for key, value in zip(keys, values)]
         cfg = load_config(experiment, [*fixed, *(o for o in grid if not o.startswith(WEIGHT_KEY))])
         overrides = [*grid, *completed_weights(cfg, grid)]
-        task_weights(load_config(experiment, [*fixed, *overrides]).tasks)
+        resolved = load_config(experiment, [*fixed, *overrides])
+        task_weights(resolved.tasks)
         # The cell's modules on the meta device (no data, no weights read): an unknown block, architecture or
         # weighting is refused here, not after the cells before it have trained.
-        experiment_scenario(load_config(experiment, [*fixed, *overrides, "model.pretrained=none"]), "meta")
+        experiment_scenario(without_pretrained(resolved), "meta")
         named = "_".join(f"{short[key]}={value}" for key, value in zip(keys, values))
         label = re.sub(r"[^A-Za-z0-9._=+-]+", "_", named)
         cells.append(Cell(label, tuple(overrides)))

@@ -7,8 +7,8 @@ that an uninterrupted run sees from iteration i on, whatever the number of loade
 
 from __future__ import annotations
 
+import os
 import random
-import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -65,12 +65,12 @@ class SeededDataset(Dataset):
                 np.random.set_state(np_state)
 
 
-def ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: workers ignore SIGINT and SIGTERM, which a terminal or a batch scheduler sends
-    to the whole process group, so that the main process alone decides when to stop (a run finishes its step and
-    saves instead of failing on a dead worker); the loader still shuts its workers down."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def own_process_group(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: the worker leaves the process group, so that SIGINT or SIGTERM sent to the
+    group (Ctrl-C in a terminal, a batch scheduler) reaches the main process only, which finishes its step, saves
+    and stops its workers itself, instead of failing on a dead worker; a signal sent to the worker itself (the
+    loader's or multiprocessing's shutdown) still ends it."""
+    os.setpgid(0, 0)
 
 
 def infinite_batches(dataset: Dataset, batch_size: int, seed: int, start_iteration: int, collate_fn: Callable,
@@ -89,6 +89,6 @@ def infinite_batches(dataset: Dataset, batch_size: int, seed: int, start_iterati
         sampler = EpochBatchSampler(size, batch_size, seed, epoch, rank, world, start)
         loader = DataLoader(wrapped, batch_sampler=sampler, num_workers=workers, collate_fn=collate_fn,
                             pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed + epoch),
-                            worker_init_fn=ignore_stop_signals)
+                            worker_init_fn=own_process_group)
         yield from loader
         epoch, start = epoch + 1, 0

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from mtlda.data.batch import Batch, collate
 from mtlda.data.registry import DatasetInfo, build_dataset, dataset_info
-from mtlda.data.sampling import ignore_stop_signals, infinite_batches
+from mtlda.data.sampling import infinite_batches, own_process_group
 from mtlda.distributed import (
     average_gradients_,
     broadcast_buffers_,
@@ -302,7 +302,7 @@ class DenseScenario(Scenario):
             dataset = Subset(dataset, range(dist.rank, len(dataset), dist.world_size))
         data = self.cfg.data
         return DataLoader(dataset, batch_size=data.val_batch_size, shuffle=False,
-                          num_workers=loader_workers(data.workers), worker_init_fn=ignore_stop_signals,
+                          num_workers=loader_workers(data.workers), worker_init_fn=own_process_group,
                           collate_fn=collate, generator=torch.Generator())
 
     def evaluate_tasks(self, engine: Engine) -> dict[str, dict[str, float]]:

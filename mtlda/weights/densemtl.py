@@ -20,7 +20,8 @@ Conventions are converted, not copied:
   axes as they are (notes 5.4), which mtlda reads as (x, -y, -z) (:data:`mtlda.data.nyudv2.FILE_TO_CAMERA_AXES`):
   there the second and third rows are negated (:func:`normals_axis_signs`). What no linear map converts, on the
   data sets with normals from depth: the official labels were computed from the inverse-depth map treated as
-  depth with unscaled intrinsics (B4), so except on fronto-parallel surfaces the imported head predicts those pseudo-normals, not true surface
+  depth with unscaled intrinsics (B4), so except on fronto-parallel surfaces the imported head predicts those
+  pseudo-normals, not true surface
   normals, and surfaces whose camera-facing normal has n_z > 0 (seen at grazing angles) were folded to n_z > 0.
 * exchange: the official ``post`` conv of each target concatenates its directional features in Python set order,
   which depends on the process's hash seed and is not stored in the file (B1); mtlda concatenates in sorted source

@@ -44,16 +44,15 @@ def load_state_dict(source: str | os.PathLike | bytes, name: str) -> tuple[dict[
         raise WeightImportError(f"weight file not found: {source}")
     try:
         loaded = torch.load(handle, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "GLOBAL" not in str(err):  # not a refused class: a file that is no pickle at all
-            raise WeightImportError(f"{name} is not a PyTorch weight file or is truncated (torch.load: "
-                                    f"{_reason(err)}); download or copy it again") from None
-        raise WeightImportError(
-            f"{name} cannot be read as data (torch.load(weights_only=True): {_reason(err)}). It holds more than "
-            "tensors (a pickled model, optimizer or custom class). On a machine with the code that wrote it, re-save the "
-            "state dict alone: torch.save(dict(model.state_dict()), 'weights.pkl'), then import that file"
-        ) from None
-    except (RuntimeError, EOFError, AttributeError, ValueError, IndexError, KeyError, UnicodeDecodeError) as err:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError, IndexError, KeyError,
+            UnicodeDecodeError) as err:  # what torch.load raises on files it cannot read as data
+        if isinstance(err, pickle.UnpicklingError) and "GLOBAL" in str(err):  # a class the loader refuses
+            raise WeightImportError(
+                f"{name} cannot be read as data (torch.load(weights_only=True): {_reason(err)}). It holds more "
+                "than tensors (a pickled model, optimizer or custom class). On a machine with the code that wrote "
+                "it, re-save the state dict alone: torch.save(dict(model.state_dict()), 'weights.pkl'), then import "
+                "that file"
+            ) from None
         raise WeightImportError(f"{name} is not a PyTorch weight file or is truncated (torch.load: "
                                 f"{_reason(err)}); download or copy it again") from None
     if not isinstance(loaded, Mapping):
