@@ -11,6 +11,7 @@ gives the same statistics); labels are never read.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +27,20 @@ ADABN_SEED = 0  # the dropout draws of the training-mode passes: the same statis
 def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     """Every BatchNorm layer of ``model`` (SyncBatchNorm included)."""
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@contextmanager
+def running_statistics_unchanged(model: nn.Module) -> Iterator[None]:
+    """Inside the block, the BatchNorm layers of ``model`` in training mode still normalise each batch with its own
+    statistics, but leave their running statistics (and batch counts) as they are."""
+    layers = [m for m in batchnorm_layers(model) if m.track_running_stats]
+    for m in layers:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.track_running_stats = True
 
 
 def batches_of_at_least_two(count: int, batch_size: int) -> list[list[int]]:

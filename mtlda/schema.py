@@ -47,7 +47,7 @@ class ModelConfig:
 class ToycityConfig:
     """Built-in procedural street scenes, written in a real data set's format and read by its loader."""
 
-    style: str = "flat"  # flat | tinted | textured
+    style: str = "flat"  # flat | tinted | synthetic | textured
     format: str = "cityscapes"  # cityscapes | synthia | vkitti2 | nyudv2
     num_train: int = field(default=240, metadata=at_least(1))
     num_val: int = field(default=60, metadata=at_least(1))
@@ -144,6 +144,10 @@ class UDAConfig:
     spectral_norm: bool = False  # spectral normalisation of the discriminators' convolutions (official code)
     disc_flip: bool = False  # random horizontal flip of each discriminator input in training (official code)
     enabled: bool = True  # False: source-only training with the same data and schedule
+    # BatchNorm running statistics (what evaluation normalises with) from the target batches only, the domain the
+    # adapted network is evaluated on; false: from source and target batches alike (the official code). Training
+    # normalises each batch with its own statistics either way, so the weights are the same.
+    target_bn_statistics: bool = False
 
 
 @dataclass

@@ -622,8 +622,9 @@ CASES = [
          lambda e: ["prepare-normals", "--dataset", "synthia", "--root", e.shared.toy("synthia"), "--device", "cuda"],
          r"--device cuda asked for a GPU but none is available; use --device cpu", skip=gpu_visible),
     # --------------------------------------------------------------------------------------------------- UDA
-    Case("uda: the same data set as source and target", lambda e: ["uda", *e.tiny, *sets("data.toycity.style=flat")],
-         r"the source \(uda\.source\) and the target \(data\) are the same data set \(toycity-flat\)"),
+    Case("uda: the same data set as source and target",
+         lambda e: ["uda", *e.tiny, *sets("data.toycity.style=synthetic")],
+         r"the source \(uda\.source\) and the target \(data\) are the same data set \(toycity-synthetic\)"),
     Case("uda: different class counts", lambda e: ["uda", *e.tiny, *sets("uda.source.classes=8")],
          r"source and target class sets differ \(8 vs 9 classes\): set uda\.source\.classes and data\.classes"),
     # --------------------------------------------------------------------------------------------------- SDE

@@ -56,7 +56,7 @@ def test_class_tables():
     assert tc.CLASS_NAMES == ("road", "sidewalk", "building", "pole", "traffic sign", "vegetation", "sky",
                               "person", "car")
     assert tc.CITYSCAPES_LABEL_IDS == (7, 8, 11, 17, 20, 21, 23, 24, 26)
-    assert set(tc.STYLES) >= {"flat", "tinted", "textured"}
+    assert set(tc.STYLES) >= {"flat", "tinted", "synthetic", "textured"}
     assert isinstance(tc.GENERATOR_VERSION, str) and tc.GENERATOR_VERSION
 
 
@@ -120,6 +120,36 @@ def test_the_tinted_style_gives_each_object_its_own_colour_without_texture():
     sky_rgb = frame.rgb[frame.labels == sky]
     assert len(sky_rgb) and np.ptp(sky_rgb, axis=0).max() == 0  # a plain sky: no gradient, clouds or noise
     assert frame.rgb[frame.labels == road].astype(np.float64).std(0).max() < 3.0  # one shaded colour: no markings
+
+
+def _saturation(frame: tc.Frame) -> float:
+    rgb = frame.rgb.reshape(-1, 3).astype(np.float64)
+    return float(((rgb.max(1) - rgb.min(1)) / np.maximum(rgb.max(1), 1.0)).mean())
+
+
+def _sky_roughness(frame: tc.Frame) -> float:
+    """Mean absolute difference (grey levels) between horizontally adjacent sky pixels."""
+    sky = frame.labels == tc.CLASS_NAMES.index("sky")
+    both = sky[:, 1:] & sky[:, :-1]
+    return float(np.abs(np.diff(frame.rgb.astype(np.float64), axis=1))[both].mean())
+
+
+def test_the_synthetic_style_renders_the_textured_materials_as_a_game_engine():
+    road = tc.CLASS_NAMES.index("road")
+    for index in range(3):
+        synthetic = tc.render_sample(index, style="synthetic", height=H, width=W, offsets=(0, 1))
+        textured = tc.render_sample(index, style="textured", height=H, width=W, offsets=(0, 1))
+        tinted = tc.render_sample(index, style="tinted", height=H, width=W)[0]
+        for offset in (0, 1):
+            for name in ("depth", "valid", "labels", "normals", "edges", "K", "cam_to_world"):
+                assert np.array_equal(getattr(synthetic[offset], name), getattr(textured[offset], name)), name
+        a, b = synthetic[0], textured[0]
+        # the textured style's materials: lane markings and asphalt grain on the road, which tinted lacks
+        road_std = [f.rgb[f.labels == road].astype(np.float64).std(0).max() for f in (a, b, tinted)]
+        assert road_std[2] < 1.0 and min(road_std[:2]) > 10.0
+        # no camera: a smooth cloudless sky without sensor noise, more saturated colours than the camera's
+        assert _sky_roughness(a) < 1.0 < 2.0 < _sky_roughness(b)
+        assert _saturation(a) > _saturation(b) + 0.1
 
 
 def test_unknown_style_and_bad_arguments_raise():

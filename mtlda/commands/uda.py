@@ -5,7 +5,8 @@ per supervised scale (entropy maps for segmentation, source-normalised inverse d
 terms summed over tasks (Eq. 9) with weight uda.lambda_adv (the paper's 5e-3 in the paper's experiments), and
 reports target-domain results (mIoU, depth with per-image median scaling, delta vs STL-UDA).
 
-With no arguments: toycity flat -> toycity textured (S-D, ResNet-18, lambda_adv 0.05) in a few minutes on the CPU.
+With no arguments: toycity synthetic -> toycity textured (S-D, ResNet-18, lambda_adv 0.05) in a few minutes on
+the CPU.
 --src/--tgt/--tasks/--block pick an experiment in experiments/uda/<src>2<tgt>/; --no-adapt trains the
 source-only baseline with the same data and schedule; --config FILE runs any experiment file (the *_oracle
 files train on the labelled target, the upper bound).
@@ -43,7 +44,7 @@ TARGETS = sorted({t for _, t in UDA_PAIRS})
 
 def parser() -> argparse.ArgumentParser:
     p = experiment_parser(__doc__)
-    p.add_argument("--src", choices=SOURCES, help="source domain (default: toycity flat style)")
+    p.add_argument("--src", choices=SOURCES, help="source domain (default: toycity synthetic style)")
     p.add_argument("--tgt", choices=TARGETS,
                    help="target domain (default: cityscapes for real sources, toycity textured for toycity)")
     p.add_argument("--tasks", help="task codes (default: S,D; one task: STL-UDA)")

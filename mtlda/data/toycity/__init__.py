@@ -11,12 +11,14 @@ and the camera sits at Z = ``CAMERA_HEIGHT``. Pixel conventions follow ``mtlda.g
 integer (u, v), ``K = [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]``.
 
 Styles share the geometry exactly and differ only in appearance: ``"flat"`` (one saturated colour per class,
-mild shading), ``"tinted"`` (each object's own natural colour, mild shading, no texture) and ``"textured"``
-(procedural textures, per-object colours, low sun, fog, colour shift, noise; each pixel averages 3x3 rays over its
-footprint, as a camera does, while depth, labels and normals are those of the pixel centre in every style).
+mild shading), ``"tinted"`` (each object's own natural colour, mild shading, no texture), ``"synthetic"`` (the
+textured style's materials as a game engine renders them: one ray per pixel, a fixed high sun, a cloudless sky,
+no fog, no camera, vivid colours) and ``"textured"`` (procedural textures, per-object colours, low sun, fog,
+colour shift, noise; each pixel averages 3x3 rays over its footprint, as a camera does, while depth, labels and
+normals are those of the pixel centre in every style).
 
 Modules by job: :mod:`~mtlda.data.toycity.scene` (street layout and conventions),
-:mod:`~mtlda.data.toycity.raycast` (camera model and ray casting), :mod:`~mtlda.data.toycity.shading` (the three
+:mod:`~mtlda.data.toycity.raycast` (camera model and ray casting), :mod:`~mtlda.data.toycity.shading` (the four
 styles) and :mod:`~mtlda.data.toycity.render` (:func:`render_sample`, :class:`Frame`).
 """
 

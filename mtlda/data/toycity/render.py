@@ -9,18 +9,19 @@ import numpy as np
 
 from mtlda.data.toycity.raycast import Hits, camera_matrix, camera_pose, camera_rays, cast_rays, supersampled_camera
 from mtlda.data.toycity.scene import MAX_ABS_OFFSET, MAX_DEPTH, SKY, Scene, street_layout
-from mtlda.data.toycity.shading import camera_response, shade_flat, shade_textured, shade_tinted
+from mtlda.data.toycity.shading import camera_response, shade_flat, shade_synthetic, shade_textured, shade_tinted
 
 GENERATOR_VERSION = "3"
 
-STYLES = ("flat", "tinted", "textured")
+STYLES = ("flat", "tinted", "synthetic", "textured")
 
 # Rays per pixel side. The textured style is a camera: each pixel averages the radiance of a 3x3 grid of rays over
 # its footprint (a box filter, before the camera's response and noise), so that texture finer than a pixel blurs
 # to its mean as through a lens, instead of aliasing into noise that changes from frame to frame. flat and tinted
-# have no texture and keep one ray per pixel, a simple renderer's look. The grid's centre ray is the pixel
-# centre: depth, labels and normals are exact at pixel centres in every style.
-PIXEL_SAMPLES = {"flat": 1, "tinted": 1, "textured": 3}
+# have no texture and keep one ray per pixel, a simple renderer's look; synthetic keeps one ray per pixel with
+# textures, a game engine without antialiasing (its aliasing is part of the gap to the textured camera). The grid's
+# centre ray is the pixel centre: depth, labels and normals are exact at pixel centres in every style.
+PIXEL_SAMPLES = {"flat": 1, "tinted": 1, "synthetic": 1, "textured": 3}
 
 
 @dataclass
@@ -69,6 +70,8 @@ def _render_frame(scene: Scene, style: str, pose: np.ndarray, K: np.ndarray, ray
         radiance = shade_flat(ray_labels, ray_hits)
     elif style == "tinted":
         radiance = shade_tinted(scene, ray_hits)
+    elif style == "synthetic":
+        radiance = shade_synthetic(scene, ray_labels, ray_hits, pose, rays_cam)
     else:
         radiance = shade_textured(scene, ray_labels, ray_hits, pose, rays_cam)
     rgb = _footprint_mean(radiance, samples)

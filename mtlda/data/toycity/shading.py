@@ -1,9 +1,12 @@
-"""toycity shading: the colours of the three styles, from ray hits, class labels and scene materials.
+"""toycity shading: the colours of the four styles, from ray hits, class labels and scene materials.
 
 ``"flat"``: one saturated colour per class, mild Lambertian shading. ``"tinted"``: each object's own base colour
 (the textured style's, drawn per object around its class's natural palette: grey asphalt, green foliage, car
 paints), the flat style's shading and a plain sky: natural colours without textures, lighting or noise, as a
-simple synthetic renderer gives. ``"textured"``: procedural textures per class (asphalt and lane markings, paving
+simple synthetic renderer gives. ``"synthetic"``: the textured style's materials and textures as a game engine
+renders them (the source domain of toycity's adaptation benchmark, as Synthia is to Cityscapes): a fixed high sun
+with flat ambient light, a cloudless gradient sky, no fog, no camera response or noise, vivid tone mapping.
+``"textured"``: procedural textures per class (asphalt and lane markings, paving
 slabs, facades with windows, sign plates, foliage, clothes, car paint and glass), a low sun and sky light, distance
 fog, a warm colour shift and sensor noise.
 
@@ -222,6 +225,27 @@ def shade_textured(scene: Scene, labels: np.ndarray, hits: Hits, pose: np.ndarra
     fog = 1.0 - np.exp(-distance / 220.0)
     rgb[hit] = albedo * light[:, None] * (1 - fog[:, None]) + horizon * fog[:, None]
     return rgb
+
+
+_SYNTHETIC_SUN = np.array([0.3, -0.4, 0.87]) / np.linalg.norm([0.3, -0.4, 0.87])
+_SYNTHETIC_HORIZON, _SYNTHETIC_ZENITH = np.array([0.65, 0.82, 1.0]), np.array([0.15, 0.4, 0.95])
+
+
+def shade_synthetic(scene: Scene, labels: np.ndarray, hits: Hits, pose: np.ndarray,
+                    rays_cam: np.ndarray) -> np.ndarray:
+    """(H, W, 3) float RGB as a game engine renders the textured style's materials: the same textures, a fixed
+    high sun with flat ambient light, a cloudless gradient sky, no fog, and vivid tone mapping (saturation x1.5)."""
+    d = rays_cam @ pose[:3, :3].T
+    hit = hits.prim >= 0
+    rgb = np.empty(labels.shape + (3,))
+    elevation = np.clip(d[~hit, 2] / np.linalg.norm(d[~hit], axis=-1), 0.0, 1.0)
+    rgb[~hit] = _SYNTHETIC_HORIZON + (_SYNTHETIC_ZENITH - _SYNTHETIC_HORIZON) * np.sqrt(elevation)[:, None]
+    points = pose[:3, 3] + hits.depth[hit][:, None] * d[hit]
+    albedo = _textured_albedo(scene, labels[hit], points, hits)
+    light = 0.55 + 0.6 * np.clip(hits.normal[hit] @ _SYNTHETIC_SUN, 0.0, 1.0)
+    rgb[hit] = albedo * light[:, None]
+    grey = rgb.mean(-1, keepdims=True)
+    return grey + 1.5 * (rgb - grey)
 
 
 def camera_response(scene: Scene, radiance: np.ndarray, rng: np.random.Generator) -> np.ndarray:
