@@ -30,17 +30,21 @@ def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 
 @contextmanager
-def running_statistics_unchanged(model: nn.Module) -> Iterator[None]:
-    """Inside the block, the BatchNorm layers of ``model`` in training mode still normalise each batch with its own
-    statistics, but leave their running statistics (and batch counts) as they are."""
-    layers = [m for m in batchnorm_layers(model) if m.track_running_stats]
-    for m in layers:
-        m.track_running_stats = False
+def running_statistics_discarded(model: nn.Module) -> Iterator[None]:
+    """Inside the block the BatchNorm layers of ``model`` update scratch copies of their buffers (running statistics
+    and batch count), dropped on exit: training-mode passes normalise with their batch statistics and leave the
+    running ones as they were, for any momentum and BatchNorm type, and without touching a tensor that autograd
+    saved (a later recomputation of a checkpointed segment restores the buffers itself)."""
+    originals = [(m, dict(m.named_buffers(recurse=False))) for m in batchnorm_layers(model)]
+    for layer, buffers in originals:
+        for name, buffer in buffers.items():
+            setattr(layer, name, buffer.clone())
     try:
         yield
     finally:
-        for m in layers:
-            m.track_running_stats = True
+        for layer, buffers in originals:
+            for name, buffer in buffers.items():
+                setattr(layer, name, buffer)
 
 
 def batches_of_at_least_two(count: int, batch_size: int) -> list[list[int]]:

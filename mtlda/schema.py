@@ -145,8 +145,8 @@ class UDAConfig:
     disc_flip: bool = False  # random horizontal flip of each discriminator input in training (official code)
     enabled: bool = True  # False: source-only training with the same data and schedule
     # BatchNorm running statistics (what evaluation normalises with) from the target batches only, the domain the
-    # adapted network is evaluated on; false: from source and target batches alike (the official code). Training
-    # normalises each batch with its own statistics either way, so the weights are the same.
+    # adapted network is evaluated on; false: from source and target batches alike (the official code). Each training
+    # step normalises each batch with its own statistics either way.
     target_bn_statistics: bool = False
 
 

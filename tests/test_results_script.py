@@ -128,6 +128,19 @@ def test_config_differences_warn_one_line_per_key(tmp_path, monkeypatch, capsys)
     assert "optim.lr.backbone" in warnings[1]
 
 
+def test_a_key_a_config_lacks_counts_as_its_default(tmp_path, monkeypatch, capsys):
+    """A run made before a config key existed is the same experiment as one that sets the key's default."""
+    with_default = {**CONFIG, "uda": {"target_bn_statistics": False}}
+    with_other = {**CONFIG, "uda": {"target_bn_statistics": True}}
+    old = write_run(tmp_path / "old", "x", 0, 80.0, 0.1, None)
+    new = write_run(tmp_path / "new", "x", 1, 81.0, 0.1, None, config=with_default)
+    code, _, err = run([old, new], monkeypatch, capsys)
+    assert code == 0 and "warning" not in err, err
+    other = write_run(tmp_path / "other", "x", 2, 81.0, 0.1, None, config=with_other)
+    code, _, err = run([old, other], monkeypatch, capsys)
+    assert code == 0 and f"uda.target_bn_statistics: false in {old}; true in {other}" in err, err
+
+
 def test_plots_are_written_next_to_the_markdown(tmp_path, monkeypatch, capsys):
     runs = [write_run(tmp_path / f"a{s}", "mteb", s, 80.0 + s, 0.1, None) for s in (0, 1)]
     runs += [write_run(tmp_path / f"b{s}", "none", s, 70.0 + s, 0.2, None) for s in (0, 1)]

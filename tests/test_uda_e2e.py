@@ -97,12 +97,15 @@ def _running_statistics(model: torch.nn.Module) -> list[torch.Tensor]:
     return [b.clone() for name, b in model.named_buffers() if name.endswith(("running_mean", "running_var"))]
 
 
-@pytest.mark.parametrize("target_only", [True, False])
-def test_target_bn_statistics_leave_the_running_statistics_to_the_target_batches(tmp_path, target_only):
+@pytest.mark.parametrize("target_only,checkpointing", [(True, "none"), (False, "none"), (True, "all")])
+def test_target_bn_statistics_leave_the_running_statistics_to_the_target_batches(tmp_path, target_only,
+                                                                                  checkpointing):
     """With uda.target_bn_statistics the step's running statistics are what the target batch alone makes of the
     initial ones (the source batch normalised with its own statistics, its forward replayed here with the buffers
-    put back by hand); without it, both batches move them."""
-    cfg = tiny(tmp_path, "train.iterations=1", f"uda.target_bn_statistics={target_only}")
+    put back by hand), also when checkpointed segments run their forward again in the backward pass; without it,
+    both batches move them."""
+    cfg = tiny(tmp_path, "train.iterations=1", f"uda.target_bn_statistics={target_only}",
+               f"model.checkpointing={checkpointing}")
     engine = Engine(cfg, tmp_path / "run", torch.device("cpu"), show_progress=False)
     scenario = UDAScenario(cfg, engine)
     engine.attach(scenario)

@@ -44,9 +44,11 @@ from typing import Any
 import numpy as np
 import yaml
 
+from mtlda.config import deep_merge, to_dict
 from mtlda.errors import UserInputError
 from mtlda.files import write_text_atomic
 from mtlda.report import columns, per_class_table, protocol_block, results_table
+from mtlda.schema import ExperimentConfig
 
 # Config keys that may differ between the seeds of one experiment without a warning (full keys, last key parts).
 RUN_ONLY_KEYS = ("seed", "workdir", "device")
@@ -158,10 +160,13 @@ def is_run_only(key: str) -> bool:
 
 
 def config_differences(name: str, runs: Sequence[Run]) -> list[str]:
-    """One warning line per config key whose value differs between the runs of experiment ``name``."""
+    """One warning line per config key whose value differs between the runs of experiment ``name``. A key that a
+    run's config.yaml lacks (the run predates the key) takes the schema's current default, as loading that config
+    to resume or evaluate the run does."""
     lines = [f"warning: {name}: no config.yaml in {run.folder}, its config is not compared"
              for run in runs if run.config is None]
-    flat = [(run.folder, flatten(run.config)) for run in runs if run.config is not None]
+    defaults = to_dict(ExperimentConfig())
+    flat = [(run.folder, flatten(deep_merge(defaults, dict(run.config)))) for run in runs if run.config is not None]
     keys = sorted({key for _, values in flat for key in values if not is_run_only(key)})
     for key in keys:
         folders_by_value: dict[str, list[str]] = {}

@@ -4,10 +4,10 @@ Each step: the supervised multi-task loss on a labelled source batch, plus lambd
 that asks one patch discriminator per (task, scale) to take the target batch's outputs for source ones (Eq. 8-9);
 then the discriminators learn source = 1 / target = 0 on detached outputs (Eq. 7). ``cfg.data`` is the target
 domain (validated on its validation split), ``cfg.uda.source`` the source domain. With ``uda.enabled: false`` the
-same data and schedule train the source-only baseline. With ``uda.target_bn_statistics`` the source batches leave
-the BatchNorm running statistics unchanged, so that the network is evaluated with target statistics. Under
-torchrun the network and the discriminators' gradients are averaged over ranks after each backward (the network
-runs twice per step, source and target).
+same data and schedule train the source-only baseline. With ``uda.target_bn_statistics`` the source forward pass
+updates scratch copies of the BatchNorm statistics, so that the network is evaluated with target statistics.
+Under torchrun the network and the discriminators' gradients are averaged over ranks after each backward (the
+network runs twice per step, source and target).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import replace
 
 from torch import Tensor, nn
 
-from mtlda.adabn import running_statistics_unchanged
+from mtlda.adabn import running_statistics_discarded
 from mtlda.data.batch import Batch
 from mtlda.data.registry import dataset_info
 from mtlda.errors import UserInputError
@@ -93,7 +93,7 @@ class UDAScenario(DenseScenario):
         src, tgt = (b.to(engine.device, non_blocking=True) for b in batch)
         self.model.train()
         keep = self.cfg.uda.enabled and self.cfg.uda.target_bn_statistics
-        with engine.autocast(), running_statistics_unchanged(self.model) if keep else nullcontext():
+        with engine.autocast(), running_statistics_discarded(self.model) if keep else nullcontext():
             src_preds = self.model(src.image)
         losses, terms = task_losses(src_preds, self.tasks, src)
         if not self.cfg.uda.enabled:
