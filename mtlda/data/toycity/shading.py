@@ -6,9 +6,9 @@ paints), the flat style's shading and a plain sky: natural colours without textu
 simple synthetic renderer gives. ``"synthetic"``: the textured style's materials and textures as a game engine
 renders them (the source domain of toycity's adaptation benchmark, as Synthia is to Cityscapes): a fixed high sun
 with flat ambient light, a cloudless gradient sky, no fog, no camera response or noise, vivid tone mapping.
-``"textured"``: procedural textures per class (asphalt and lane markings, paving
-slabs, facades with windows, sign plates, foliage, clothes, car paint and glass), a low sun and sky light, distance
-fog, a warm colour shift and sensor noise.
+``"textured"``: procedural textures per class (asphalt and lane markings, paving slabs, facades with windows, sign
+plates, foliage, clothes, car paint and glass), a low sun and sky light, distance fog, a warm colour shift and
+sensor noise.
 
 Shading functions return values per ray; :mod:`~mtlda.data.toycity.render` averages the rays of a pixel's
 footprint where a style has one (``PIXEL_SAMPLES``).
