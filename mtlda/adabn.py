@@ -11,7 +11,6 @@ gives the same statistics); labels are never read.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -27,24 +26,6 @@ ADABN_SEED = 0  # the dropout draws of the training-mode passes: the same statis
 def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     """Every BatchNorm layer of ``model`` (SyncBatchNorm included)."""
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-
-@contextmanager
-def running_statistics_discarded(model: nn.Module) -> Iterator[None]:
-    """Inside the block the BatchNorm layers of ``model`` update scratch copies of their buffers (running statistics
-    and batch count), dropped on exit: training-mode passes normalise with their batch statistics and leave the
-    running ones as they were, for any momentum and BatchNorm type, and without touching a tensor that autograd
-    saved (a later recomputation of a checkpointed segment restores the buffers itself)."""
-    originals = [(m, dict(m.named_buffers(recurse=False))) for m in batchnorm_layers(model)]
-    for layer, buffers in originals:
-        for name, buffer in buffers.items():
-            setattr(layer, name, buffer.clone())
-    try:
-        yield
-    finally:
-        for layer, buffers in originals:
-            for name, buffer in buffers.items():
-                setattr(layer, name, buffer)
 
 
 def batches_of_at_least_two(count: int, batch_size: int) -> list[list[int]]:

@@ -6,6 +6,8 @@ import math
 import os
 import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -448,8 +450,5 @@ print("exiting")
 
 def test_a_process_exits_with_its_loader_workers_still_open():
     """At exit multiprocessing ends the workers with SIGTERM: a worker that ignored it would hang the process."""
-    import subprocess
-    import sys
-
     done = subprocess.run([sys.executable, "-c", LEFT_OPEN_LOADER], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "exiting" in done.stdout, done.stderr

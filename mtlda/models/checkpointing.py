@@ -5,8 +5,8 @@ backward pass (``torch.utils.checkpoint``, non-reentrant). Recomputation must no
 
 * BatchNorm layers in training mode normalise with the statistics of the batch, which the recomputation sees again
   unchanged, so their outputs are identical; but they also update running_mean, running_var and
-  num_batches_tracked a second time. The buffers of the segment's BatchNorm layers are therefore saved when its
-  recomputation starts and put back when it ends, so that each forward updates them exactly once, for any momentum
+  num_batches_tracked a second time. The recomputation therefore updates scratch copies of the segment's BatchNorm
+  buffers, dropped when it ends, so that each forward updates them exactly once, for any momentum
   (including the cumulative average, momentum None). The recomputation must see the same tensors as the forward
   pass (torch checks how many it saves), so the layers themselves run unchanged.
 * Dropout draws the same mask: torch's checkpoint restores the RNG state (CPU and the tensors' devices) before
@@ -29,15 +29,21 @@ CHECKPOINTING = ("none", "encoder", "all")
 
 @contextmanager
 def batchnorm_buffers_restored(module: nn.Module) -> Iterator[None]:
-    """The buffers of the BatchNorm layers in ``module`` get back, on exit, the values they had on entry."""
-    buffers = [b for m in module.modules() if isinstance(m, _BatchNorm) for b in m.buffers(recurse=False)]
-    saved = [b.clone() for b in buffers]
+    """Inside the block the BatchNorm layers of ``module`` update scratch copies of their buffers (running
+    statistics and batch count); on exit the layers get their own tensors back, as they were on entry. Training-mode
+    passes inside normalise with their batch statistics as usual, for any momentum and BatchNorm type, and no tensor
+    that autograd saved is modified in place. Used by recomputed segments and by UDA's source passes
+    (``uda.target_bn_statistics``)."""
+    originals = [(m, dict(m.named_buffers(recurse=False))) for m in module.modules() if isinstance(m, _BatchNorm)]
+    for layer, buffers in originals:
+        for name, buffer in buffers.items():
+            setattr(layer, name, buffer.clone())
     try:
         yield
     finally:
-        with torch.no_grad():
-            for buffer, value in zip(buffers, saved):
-                buffer.copy_(value)
+        for layer, buffers in originals:
+            for name, buffer in buffers.items():
+                setattr(layer, name, buffer)
 
 
 def run_segment(module: nn.Module, *args: Any, checkpointed: bool) -> Any:

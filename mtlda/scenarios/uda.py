@@ -18,11 +18,11 @@ from dataclasses import replace
 
 from torch import Tensor, nn
 
-from mtlda.adabn import running_statistics_discarded
 from mtlda.data.batch import Batch
 from mtlda.data.registry import dataset_info
 from mtlda.errors import UserInputError
 from mtlda.losses.adversarial import adversarial_generator_loss, discriminator_loss
+from mtlda.models.checkpointing import batchnorm_buffers_restored
 from mtlda.models.discriminator import build_discriminators
 from mtlda.resize import resize_to
 from mtlda.scenarios.dense import DenseScenario
@@ -93,7 +93,7 @@ class UDAScenario(DenseScenario):
         src, tgt = (b.to(engine.device, non_blocking=True) for b in batch)
         self.model.train()
         keep = self.cfg.uda.enabled and self.cfg.uda.target_bn_statistics
-        with engine.autocast(), running_statistics_discarded(self.model) if keep else nullcontext():
+        with engine.autocast(), batchnorm_buffers_restored(self.model) if keep else nullcontext():
             src_preds = self.model(src.image)
         losses, terms = task_losses(src_preds, self.tasks, src)
         if not self.cfg.uda.enabled:

@@ -21,8 +21,8 @@ Conventions are converted, not copied:
   there the second and third rows are negated (:func:`normals_axis_signs`). What no linear map converts, on the
   data sets with normals from depth: the official labels were computed from the inverse-depth map treated as
   depth with unscaled intrinsics (B4), so except on fronto-parallel surfaces the imported head predicts those
-  pseudo-normals, not true surface
-  normals, and surfaces whose camera-facing normal has n_z > 0 (seen at grazing angles) were folded to n_z > 0.
+  pseudo-normals, not true surface normals, and surfaces whose camera-facing normal has n_z > 0 (seen at grazing
+  angles) were folded to n_z > 0.
 * exchange: the official ``post`` conv of each target concatenates its directional features in Python set order,
   which depends on the process's hash seed and is not stored in the file (B1); mtlda concatenates in sorted source
   order. :func:`fusion_orders` lists every order the file may have been trained with; the mapping permutes the

@@ -176,10 +176,15 @@ def _car_albedo(p: np.ndarray, n: np.ndarray, tint: np.ndarray, accent: np.ndarr
     return colour
 
 
+def _sky_gradient(d: np.ndarray, horizon: np.ndarray, zenith: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 3) cloudless sky, horizon to zenith, and (N,) elevation in [0, 1], from world ray directions (N, 3)."""
+    elevation = np.clip(d[:, 2] / np.linalg.norm(d, axis=-1), 0.0, 1.0)
+    return horizon + (zenith - horizon) * np.sqrt(elevation)[:, None], elevation
+
+
 def _sky_colour(d: np.ndarray, horizon: np.ndarray, zenith: np.ndarray, salt: int) -> np.ndarray:
     """(N, 3) sky: horizon-to-zenith gradient with soft clouds, from world ray directions (N, 3)."""
-    elevation = np.clip(d[:, 2] / np.linalg.norm(d, axis=-1), 0.0, 1.0)
-    colour = horizon + (zenith - horizon) * np.sqrt(elevation)[:, None]
+    colour, elevation = _sky_gradient(d, horizon, zenith)
     height = np.maximum(d[:, 2], 1e-3)
     cloud = _value_noise(d[:, 0] / height * 2.0, d[:, 1] / height * 2.0, salt)
     cloud = np.clip((cloud - 0.55) * 3.0, 0.0, 1.0) * np.clip(elevation * 8.0, 0.0, 1.0)
@@ -209,16 +214,22 @@ def _textured_albedo(scene: Scene, labels: np.ndarray, points: np.ndarray, hits:
     return albedo
 
 
+def _world_rays_and_albedo(scene: Scene, labels: np.ndarray, hits: Hits, pose: np.ndarray,
+                           rays_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """World ray directions (H, W, 3), the hit mask (H, W) and the textured albedo (N, 3) of the N hit rays."""
+    d = rays_cam @ pose[:3, :3].T
+    hit = hits.prim >= 0
+    points = pose[:3, 3] + hits.depth[hit][:, None] * d[hit]
+    return d, hit, _textured_albedo(scene, labels[hit], points, hits)
+
+
 def shade_textured(scene: Scene, labels: np.ndarray, hits: Hits, pose: np.ndarray, rays_cam: np.ndarray) -> np.ndarray:
     """(H, W, 3) float linear radiance: textures, low sun + sky light, distance fog (before the camera's
     response, :func:`camera_response`)."""
-    d = rays_cam @ pose[:3, :3].T
-    hit = hits.prim >= 0
+    d, hit, albedo = _world_rays_and_albedo(scene, labels, hits, pose, rays_cam)
     horizon, zenith = np.array([0.82, 0.8, 0.74]), np.array([0.3, 0.45, 0.75])
     rgb = np.empty(labels.shape + (3,))
     rgb[~hit] = _sky_colour(d[~hit], horizon, zenith, salt=61)
-    points = pose[:3, 3] + hits.depth[hit][:, None] * d[hit]
-    albedo = _textured_albedo(scene, labels[hit], points, hits)
     n = hits.normal[hit]
     light = 0.28 + 0.12 * n[:, 2] + 0.9 * np.clip(n @ scene.sun_textured, 0.0, 1.0)
     distance = hits.depth[hit] * np.linalg.norm(d[hit], axis=-1)
@@ -235,13 +246,9 @@ def shade_synthetic(scene: Scene, labels: np.ndarray, hits: Hits, pose: np.ndarr
                     rays_cam: np.ndarray) -> np.ndarray:
     """(H, W, 3) float RGB as a game engine renders the textured style's materials: the same textures, a fixed
     high sun with flat ambient light, a cloudless gradient sky, no fog, and vivid tone mapping (saturation x1.5)."""
-    d = rays_cam @ pose[:3, :3].T
-    hit = hits.prim >= 0
+    d, hit, albedo = _world_rays_and_albedo(scene, labels, hits, pose, rays_cam)
     rgb = np.empty(labels.shape + (3,))
-    elevation = np.clip(d[~hit, 2] / np.linalg.norm(d[~hit], axis=-1), 0.0, 1.0)
-    rgb[~hit] = _SYNTHETIC_HORIZON + (_SYNTHETIC_ZENITH - _SYNTHETIC_HORIZON) * np.sqrt(elevation)[:, None]
-    points = pose[:3, 3] + hits.depth[hit][:, None] * d[hit]
-    albedo = _textured_albedo(scene, labels[hit], points, hits)
+    rgb[~hit] = _sky_gradient(d[~hit], _SYNTHETIC_HORIZON, _SYNTHETIC_ZENITH)[0]
     light = 0.55 + 0.6 * np.clip(hits.normal[hit] @ _SYNTHETIC_SUN, 0.0, 1.0)
     rgb[hit] = albedo * light[:, None]
     grey = rgb.mean(-1, keepdims=True)
