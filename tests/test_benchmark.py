@@ -4,6 +4,7 @@ random batches, its per-parameter optimiser baseline, and that the speed options
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from mtlda.benchmarking import cases as bench_cases
-from mtlda.benchmarking import measure, plan, random_data
+from mtlda.benchmarking import measure, plan, random_data, release
 from mtlda.commands import benchmark
 from mtlda.data.batch import Batch
 from mtlda.data.targets import target_kind
@@ -205,3 +206,55 @@ def test_the_full_plan_times_at_least_five_rounds_of_every_comparison(device: st
     comparisons = plan.plan(torch.device(device), ("options", "paper", "weighting", "scenarios"), quick=False)
     assert comparisons and all(c.iters >= 5 for c in comparisons)
     assert any(c.size == plan.PAPER_SIZE for c in comparisons)
+
+
+FAKE_DEMO = """import sys, time
+from pathlib import Path
+args = sys.argv[1:]
+settings = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+iterations = int(next(s for s in settings if s.startswith("train.iterations=")).split("=")[1])
+workdir = Path(args[args.index("--workdir") + 1])
+workdir.mkdir(parents=True)
+(workdir / "ran").write_text("{tree} " + " ".join(settings))
+time.sleep({seconds} * iterations)
+sys.exit({code})
+"""
+
+
+def _fake_checkout(root: Path, seconds: float) -> None:
+    (root / "scripts").mkdir(parents=True, exist_ok=True)
+    (root / "scripts" / "supervised.py").write_text(FAKE_DEMO.format(tree="old", seconds=seconds, code=0))
+    for command in (["init", "-q"], ["add", "."],
+                    ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "old demo"]):
+        subprocess.run(["git", "-C", str(root), *command], check=True)
+
+
+def test_release_comparison_runs_each_trees_own_demo_and_differences_the_runs(tmp_path: Path) -> None:
+    checkout = tmp_path / "checkout"
+    _fake_checkout(checkout, 0.4)
+    (checkout / "scripts" / "supervised.py").write_text(FAKE_DEMO.format(tree="new", seconds=0.2, code=0))
+    report = release.release_comparison("HEAD", tmp_path / "work", quick=True, rounds=2, tree=checkout)
+    assert len(report["reference_commit"]) == 40 and report["iterations"] == [1, 2]
+    for name, tree_name in (("reference", "old"), ("current", "new")):
+        ran = (tmp_path / "work" / "r1" / f"{name}_2" / "ran").read_text().split()
+        assert ran[0] == tree_name and "train.iterations=2" in ran and "train.val_every=2" in ran
+        assert "data.height=32" in ran
+        assert all(r["long_s"] > r["short_s"] for r in report["rounds"][name])
+    assert report["ms_per_step"]["reference"] > 300 and report["ratio"] < 0.9
+    assert len(report["round_ratios"]) == 2
+
+
+def test_release_comparison_errors_name_the_revision_and_the_failed_run(tmp_path: Path) -> None:
+    checkout = tmp_path / "checkout"
+    _fake_checkout(checkout, 0.0)
+    with pytest.raises(UserInputError, match="--against nope: not a commit"):
+        release.release_comparison("nope", tmp_path / "a", quick=True, rounds=1, tree=checkout)
+    with pytest.raises(UserInputError, match="its git checkout"):
+        release.source_tree(tmp_path)
+    (checkout / "scripts" / "supervised.py").write_text(FAKE_DEMO.format(tree="new", seconds=0.0, code=3))
+    with pytest.raises(RuntimeError, match="failed \\(exit 3"):
+        release.release_comparison("HEAD", tmp_path / "b", quick=True, rounds=1, tree=checkout)
+    with pytest.raises(UserInputError, match="add --against REV"):
+        benchmark.parse_args(["--sections", "release"])
+    assert benchmark.parse_args(["--against", "HEAD"]).sections[-1] == "release"
+    assert release.step_seconds(10.0, 30.0, 5, 45) == 0.5

@@ -24,7 +24,12 @@ Comparisons (the first configuration of each is its reference, ratio 1):
 - ``data`` (``--data``): images/s of the toycity loader (Cityscapes format, demo size) with 0/1/2 workers (and
   pinned memory on CUDA), the latency of a loader's first batch (paid once per epoch, what persistent workers would
   save), and the training step with 0/1/2 workers, in interleaved blocks of steps with a fresh loader each;
-- ``scenarios`` (CUDA): the supervised, UDA and SDE training steps of the paper's experiments at their resolution.
+- ``scenarios`` (CUDA): the supervised, UDA and SDE training steps of the paper's experiments at their resolution;
+- ``release`` (``--against REV``): the demo's whole training step in this source tree against git revision REV's,
+  each run by its own tree's ``scripts/supervised.py`` in fresh processes (short and long runs alternating between
+  the trees; the difference of their wall times per step: data, normals, loss, backward, optimiser and logging
+  included, start-up and the final validation left out), e.g. against the first release to measure what the speed
+  work changed as a user sees it.
 
 Memory: the case's parameters, buffers and optimiser state (counted from its tensors) plus the step's own peak of
 tensor memory above what was allocated just before it: ``torch.cuda.max_memory_allocated`` on CUDA; on a CPU the
@@ -37,6 +42,7 @@ examples:
   mtlda benchmark --data                          # every CPU comparison -> benchmarks/cpu.json (20-40 min, 2 cores)
   mtlda benchmark --device cuda --data            # the same plus AMP fp16 and the scenarios -> benchmarks/gpu.json
   mtlda benchmark --quick --sections options      # smoke test at 32x64 (a minute)
+  mtlda benchmark --sections release --against 6290ddf --out benchmarks/cpu_release.json   # vs the first release
 """
 
 
@@ -60,10 +66,11 @@ from mtlda.benchmarking.cases import run_comparison
 from mtlda.benchmarking.loading import data_section
 from mtlda.benchmarking.measure import MemoryProbe, environment_variable, load_average
 from mtlda.benchmarking.plan import QUICK_SIZE, plan
+from mtlda.benchmarking.release import release_comparison
 from mtlda.errors import UserInputError
 from mtlda.files import write_text_atomic
 
-SECTIONS = ("options", "paper", "weighting", "xtam", "scenarios", "data")
+SECTIONS = ("options", "paper", "weighting", "xtam", "scenarios", "data", "release")
 DEFAULT_OUT = {"cpu": Path("benchmarks/cpu.json"), "cuda": Path("benchmarks/gpu.json")}
 
 
@@ -104,9 +111,12 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--sections", nargs="+", choices=SECTIONS, metavar="NAME",
-                   help=f"comparisons to run, among {', '.join(SECTIONS)} (default: all but data; scenarios on CUDA "
-                        "and with --quick only)")
+                   help=f"comparisons to run, among {', '.join(SECTIONS)} (default: all but data and release; "
+                        "scenarios on CUDA and with --quick only)")
     p.add_argument("--data", action="store_true", help="add the data section (loader images/s, data.workers)")
+    p.add_argument("--against", metavar="REV",
+                   help="add the release section: the demo's training step of this git checkout against revision "
+                        "REV's (a commit, tag or branch), from each one's own code")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override of every case (repeatable), e.g. --set model.backbone=resnet50")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
@@ -131,9 +141,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         raise UserInputError(f"--threads {args.threads}: use a positive count, or 0 to leave torch's as is")
     if args.sections is None:
         with_scenarios = args.quick or args.device.type == "cuda"
-        args.sections = [s for s in SECTIONS if s != "data" and (s != "scenarios" or with_scenarios)]
+        args.sections = [s for s in SECTIONS if s not in ("data", "release") and (s != "scenarios" or with_scenarios)]
     if args.data and "data" not in args.sections:
         args.sections.append("data")
+    if args.against and "release" not in args.sections:
+        args.sections.append("release")
+    if "release" in args.sections and not args.against:
+        raise UserInputError("the release section compares against a git revision: add --against REV "
+                             "(e.g. --against 6290ddf, the first release)")
     args.out = args.out or DEFAULT_OUT[args.device.type]
     return args
 
@@ -167,10 +182,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "data" in args.sections:
             print(f"data loading (load {load_average()})", file=sys.stderr)
             report["data"] = data_section(device, args.quick, workdir / "data", args.overrides)
+        if "release" in args.sections:
+            print(f"release: against {args.against} (load {load_average()})", file=sys.stderr)
+            report["release"] = release_comparison(args.against, workdir / "release", args.quick,
+                                                   rounds=1 if args.quick else 3)
     report["load_after"] = load_average()
     print(f"\n{report['machine']['device_name']}, {report['machine']['cpu_count']} CPUs, "
           f"{torch.get_num_threads()} torch threads, load {report['load_before']} -> {report['load_after']}")
     print(markdown_table(report["comparisons"]))
+    if "release" in report:
+        release = report["release"]
+        print(f"\ndemo step: {release['ms_per_step']['current']:,.0f} ms here, "
+              f"{release['ms_per_step']['reference']:,.0f} ms at {args.against}: ratio {release['ratio']:.2f}")
     write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {args.out}")
     return 0

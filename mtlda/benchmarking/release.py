@@ -1,0 +1,114 @@
+"""The demo's whole training step in this source tree against an earlier revision's, from each tree's own code.
+
+Each tree (this one, and revision REV exported with ``git archive``) runs its own ``scripts/supervised.py`` demo
+in a fresh process for a short and a long number of iterations (one validation and one checkpoint at the end of
+each). The difference of the two wall times divided by the difference of the iteration counts is one training step
+with everything a user's run pays per step (data loading, normals, forward, losses, backward, optimiser, logging)
+and nothing paid once (start-up, data generation, the final validation and checkpoint). The runs alternate between
+the trees, round after round, so that a load change on a shared machine hits both: read the ratio.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mtlda.benchmarking.measure import load_average
+from mtlda.errors import UserInputError
+
+SCRIPT = Path("scripts") / "supervised.py"
+FULL_ITERATIONS = (5, 45)
+QUICK_ITERATIONS = (1, 2)
+QUICK_OVERRIDES = ("data.height=32", "data.width=64", "data.toycity.height=32", "data.toycity.width=64",
+                   "data.toycity.num_train=8", "data.toycity.num_val=4", "data.batch_size=2", "data.val_batch_size=4")
+
+
+def source_tree(tree: Path | None = None) -> Path:
+    """``tree``, or the source tree this package runs from: a git checkout holding ``scripts/supervised.py``."""
+    tree = tree or Path(__file__).resolve().parents[2]
+    if not (tree / SCRIPT).is_file() or not (tree / ".git").exists():
+        raise UserInputError(f"--against needs mtlda run from its git checkout ({tree} has no {SCRIPT} or .git): "
+                             "install it with pip install -e . from a clone")
+    return tree
+
+
+def export_revision(repo: Path, revision: str, destination: Path) -> str:
+    """Write revision ``revision`` of the git repository ``repo`` into ``destination``; returns its commit hash."""
+    resolved = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}"],
+                              capture_output=True, text=True)
+    if resolved.returncode != 0:
+        raise UserInputError(f"--against {revision}: not a commit of {repo} (give a commit hash, tag or branch, e.g. "
+                             "HEAD~10; git log lists them)")
+    commit = resolved.stdout.strip()
+    archive = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", commit], capture_output=True,
+                             check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(destination, filter="data")
+    if not (destination / SCRIPT).is_file():
+        raise UserInputError(f"--against {revision}: that revision has no {SCRIPT} to run its demo with")
+    return commit
+
+
+def timed_run(tree: Path, iterations: int, workdir: Path, overrides: Sequence[str]) -> dict[str, float]:
+    """Wall seconds and peak resident MiB of one demo training run of ``iterations`` steps from ``tree``'s code."""
+    settings = [f"train.iterations={iterations}", f"train.val_every={iterations}",
+                f"train.checkpoint_every={iterations}", f"train.image_every={iterations}", *overrides]
+    command = [sys.executable, str(SCRIPT), "--workdir", str(workdir), "--seed", "0"]
+    for setting in settings:
+        command += ["--set", setting]
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    log = workdir.with_suffix(".log")
+    workdir.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as out:
+        start = time.perf_counter()
+        process = subprocess.Popen(command, cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4, which also gives its peak memory
+    if process.returncode != 0:
+        tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+        raise RuntimeError(f"the demo run in {tree} failed (exit {process.returncode}, log {log}):\n" + "\n".join(tail))
+    return {"seconds": seconds, "peak_rss_mib": usage.ru_maxrss / 1024}
+
+
+def step_seconds(short: float, long: float, short_iterations: int, long_iterations: int) -> float:
+    """Seconds per training step from two runs that differ only in their number of steps."""
+    return (long - short) / (long_iterations - short_iterations)
+
+
+def release_comparison(revision: str, workdir: Path, quick: bool, rounds: int, tree: Path | None = None
+                       ) -> dict[str, Any]:
+    """The demo step of this source tree (or ``tree``, a git checkout) against its revision ``revision``'s (see the
+    module docstring)."""
+    current = source_tree(tree)
+    reference = workdir / "reference"
+    commit = export_revision(current, revision, reference)
+    short, long = QUICK_ITERATIONS if quick else FULL_ITERATIONS
+    overrides = QUICK_OVERRIDES if quick else ()
+    trees = {"reference": reference, "current": current}
+    load_before = load_average()
+    for name, tree in trees.items():
+        timed_run(tree, 1, workdir / "warmup" / name, overrides)
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
+    for index in range(rounds):
+        order = list(trees.items()) if index % 2 == 0 else list(trees.items())[::-1]
+        for name, tree in order:
+            pair = [timed_run(tree, n, workdir / f"r{index}" / f"{name}_{n}", overrides) for n in (short, long)]
+            runs[name].append({"short_s": pair[0]["seconds"], "long_s": pair[1]["seconds"],
+                               "step_s": step_seconds(pair[0]["seconds"], pair[1]["seconds"], short, long),
+                               "peak_rss_mib": pair[1]["peak_rss_mib"]})
+    steps = {name: statistics.median(r["step_s"] for r in rs) for name, rs in runs.items()}
+    ratios = [c["step_s"] / r["step_s"] for c, r in zip(runs["current"], runs["reference"])]
+    return {"title": "release: the demo's training step, this tree against an earlier revision",
+            "reference_revision": revision, "reference_commit": commit, "iterations": [short, long],
+            "overrides": list(overrides), "rounds": runs, "ms_per_step": {k: 1000 * v for k, v in steps.items()},
+            "ratio": steps["current"] / steps["reference"], "round_ratios": ratios,
+            "load_before": load_before, "load_after": load_average()}
