@@ -3,18 +3,19 @@ weights and every BatchNorm layer's running mean and variance is re-estimated on
 it is evaluated on. With a model trained on a source domain only, it is the classic adaptation baseline that needs
 no training: it tells how much of an adapted model's gain the target's normalisation statistics alone give.
 
-The statistics are the cumulative average over the batches (``torch.optim.swa_utils.update_bn``), computed in
+The statistics are the cumulative average over the batches (as ``torch.optim.swa_utils.update_bn``), computed in
 training mode, as BatchNorm computes them during training (dropout drawn from a fixed seed, so that the same call
-gives the same statistics); labels are never read.
+gives the same statistics); labels are never read. Re-estimating only some layers (``layers``: module-name prefixes,
+e.g. ``encoder.bn1``, the stem) keeps the others' statistics and normalises with them during the passes, which
+tells where in the network the target's statistics act.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
-from torch.optim.swa_utils import update_bn
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from mtlda.data.batch import collate
@@ -28,6 +29,20 @@ def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
+def selected_batchnorm_layers(model: nn.Module, prefixes: Sequence[str] = ()) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm layers of ``model`` whose module name is one of ``prefixes`` or lies under one (every layer if
+    ``prefixes`` is empty); a prefix that names no BatchNorm layer is an error listing a few names that do."""
+    named = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not prefixes:
+        return [m for _, m in named]
+    for prefix in prefixes:
+        if not any(name == prefix or name.startswith(prefix + ".") for name, _ in named):
+            examples = ", ".join(name for name, _ in named[:4])
+            raise ValueError(f"no BatchNorm layer is named {prefix!r} or lies under it (module names such as "
+                             f"{examples}, or a parent such as encoder)")
+    return [m for name, m in named if any(name == p or name.startswith(p + ".") for p in prefixes)]
+
+
 def batches_of_at_least_two(count: int, batch_size: int) -> list[list[int]]:
     """Indices 0..count-1 in order, in batches of ``batch_size`` (2 if smaller); a last batch of one image joins the
     one before (a training-mode pass needs two images per batch, e.g. for ASPP's image pooling). ``count`` >= 2."""
@@ -39,29 +54,35 @@ def batches_of_at_least_two(count: int, batch_size: int) -> list[list[int]]:
 
 
 def recalibrate_batchnorm(model: nn.Module, dataset: Dataset, num_images: int, batch_size: int,
-                          device: torch.device) -> int:
-    """Replace the running statistics of every BatchNorm layer of ``model`` by those of the first ``num_images``
-    images of ``dataset`` (samples with an ``image`` (3, H, W)), read in order in batches of ``batch_size`` (at least
-    two: :func:`batches_of_at_least_two`). Leaves ``model`` in eval mode, its statistics unchanged if a pass fails;
-    returns the number of images used (``num_images`` or the data set's size)."""
+                          device: torch.device, layers: Sequence[str] = ()) -> int:
+    """Replace the running statistics of the BatchNorm layers of ``model`` (every one, or those named by ``layers``:
+    :func:`selected_batchnorm_layers`) by those of the first ``num_images`` images of ``dataset`` (samples with an
+    ``image`` (3, H, W)), read in order in batches of ``batch_size`` (at least two: :func:`batches_of_at_least_two`);
+    the other layers normalise with their own statistics meanwhile. Leaves ``model`` in eval mode, its statistics
+    unchanged if a pass fails; returns the number of images used (``num_images`` or the data set's size)."""
     used = min(num_images, len(dataset))
     if used < 2 or batch_size < 1:
         raise ValueError(f"recalibrate_batchnorm needs num_images >= 2 images in the data set (got {num_images} of "
                          f"{len(dataset)}) and batch_size >= 1 (got {batch_size})")
-    layers = batchnorm_layers(model)
-    if not layers:
+    if not batchnorm_layers(model):
         raise ValueError("recalibrate_batchnorm: the model has no BatchNorm layer, nothing to re-estimate")
+    selected = selected_batchnorm_layers(model, layers)
+    kept = [m for m in batchnorm_layers(model) if not any(m is s for s in selected)]
     loader = DataLoader(dataset, batch_sampler=batches_of_at_least_two(used, batch_size), collate_fn=collate)
-
-    def images() -> Iterator[Tensor]:
-        for batch in loader:
-            yield batch.image.to(device)
-
-    saved = [(m, {k: v.clone() for k, v in m.state_dict().items()}, m.momentum) for m in layers]
+    saved = [(m, {k: v.clone() for k, v in m.state_dict().items()}, m.momentum) for m in selected]
     try:
-        with isolated_rng():
+        with isolated_rng(), torch.no_grad():
             torch.manual_seed(ADABN_SEED)
-            update_bn(images(), model)
+            model.train()
+            for m in kept:
+                m.eval()
+            for m in selected:
+                m.reset_running_stats()
+                m.momentum = None  # cumulative average over the batches
+            for batch in loader:
+                model(batch.image.to(device))
+        for m, _, momentum in saved:
+            m.momentum = momentum
     except BaseException:
         for m, state, momentum in saved:
             m.load_state_dict(state)

@@ -90,3 +90,28 @@ def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="no BatchNorm"):
         recalibrate_batchnorm(nn.Conv2d(3, 3, 1), images(2, 0.0), 2, 4, CPU)
     assert batchnorm_layers(nn.Sequential(nn.BatchNorm2d(3), nn.SyncBatchNorm(3))) != []
+
+
+def test_only_the_named_layers_are_re_estimated_and_the_others_normalise_with_their_own_statistics():
+    model = nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 2, 1), nn.Sequential(nn.BatchNorm2d(2)))
+    model[2][0].running_mean.fill_(4.0)
+    model[2][0].running_var.fill_(9.0)
+    data = images(8, offset=1.0)
+    recalibrate_batchnorm(model, data, 8, 4, CPU, layers=["2"])
+    assert torch.equal(model[0].running_mean, torch.zeros(3)) and int(model[0].num_batches_tracked) == 0
+    with torch.no_grad():  # the first layer normalised with its own (initial) statistics: x / sqrt(1 + eps)
+        features = model[1](torch.stack([s.image for s in data]) / (1 + model[0].eps) ** 0.5)
+    assert torch.allclose(model[2][0].running_mean, features.mean((0, 2, 3)), atol=1e-5)
+    assert model[2][0].momentum == 0.1
+    every = nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 2, 1), nn.Sequential(nn.BatchNorm2d(2)))
+    every.load_state_dict(model.state_dict())
+    recalibrate_batchnorm(every, data, 8, 4, CPU, layers=["0", "2.0"])
+    assert not torch.equal(every[0].running_mean, torch.zeros(3))
+    assert not torch.allclose(every[2][0].running_mean, model[2][0].running_mean)
+
+
+def test_a_layer_name_that_names_no_batchnorm_is_refused_with_the_names_that_do():
+    model = nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 2, 1))
+    with pytest.raises(ValueError, match="no BatchNorm layer is named 'encoder.bn1'.*such as 0"):
+        recalibrate_batchnorm(model, images(4, 0.0), 4, 2, CPU, layers=["encoder.bn1"])
+    assert torch.equal(model[0].running_mean, torch.zeros(3))

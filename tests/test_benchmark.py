@@ -233,12 +233,12 @@ def test_release_comparison_runs_each_trees_own_demo_and_differences_the_runs(tm
     checkout = tmp_path / "checkout"
     _fake_checkout(checkout, 0.4)
     (checkout / "scripts" / "supervised.py").write_text(FAKE_DEMO.format(tree="new", seconds=0.2, code=0))
-    report = release.release_comparison("HEAD", tmp_path / "work", quick=True, rounds=2, tree=checkout)
+    report = release.release_comparison("HEAD", tmp_path / "work", True, 2, ["train.log_every=1"], checkout)
     assert len(report["reference_commit"]) == 40 and report["iterations"] == [1, 2]
     for name, tree_name in (("reference", "old"), ("current", "new")):
         ran = (tmp_path / "work" / "r1" / f"{name}_2" / "ran").read_text().split()
         assert ran[0] == tree_name and "train.iterations=2" in ran and "train.val_every=2" in ran
-        assert "data.height=32" in ran
+        assert "data.height=32" in ran and ran[-1] == "train.log_every=1"
         assert all(r["long_s"] > r["short_s"] for r in report["rounds"][name])
     assert report["ms_per_step"]["reference"] > 300 and report["ratio"] < 0.9
     assert len(report["round_ratios"]) == 2

@@ -16,7 +16,7 @@ import torch
 
 import mtlda
 from mtlda.commands import COMMANDS, main, run
-from mtlda.errors import MtldaError
+from mtlda.errors import MtldaError, UserInputError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--set", "train.iterations=2", "--set", "data.toycity.num_train=8", "--set", "data.toycity.num_val=4",
@@ -158,6 +158,13 @@ def test_evaluate_with_adabn_stores_a_row_of_its_own_and_leaves_the_checkpoint(t
     assert adapted["name"] == plain["name"] + "_adabn6" and adapted["key"] == plain["key"]
     assert adapted["results"] != plain["results"]  # the statistics changed the predictions
     assert "re-estimated on the first 6 images of the 'train' split" in (tmp_path / "eval-last-adabn6.md").read_text()
+    assert main(["evaluate", str(checkpoint), "--adabn", "6", "--adabn-layers", "encoder.bn1", *cut]) == 0
+    stem = json.loads((tmp_path / "eval-last-adabn6-encoder.bn1.json").read_text())
+    assert stem["name"] == plain["name"] + "_adabn6_encoder.bn1" and stem["results"] not in (plain["results"],
+                                                                                            adapted["results"])
+    assert "of encoder.bn1 re-estimated" in (tmp_path / "eval-last-adabn6-encoder.bn1.md").read_text()
+    with pytest.raises(UserInputError, match="--adabn-layers: no BatchNorm layer is named 'encoder.nope'"):
+        main(["evaluate", str(checkpoint), "--adabn", "6", "--adabn-layers", "encoder.nope", *cut])
     assert checkpoint.read_bytes() == stored
 
 
@@ -165,6 +172,8 @@ def test_evaluate_refuses_an_adabn_count_below_two(monkeypatch, capsys):
     for count in ("-3", "1"):
         code, _, err = run_console(["evaluate", "missing.pt", "--adabn", count], monkeypatch, capsys)
         assert code == 2 and "--adabn" in err and ">= 2" in err
+    code, _, err = run_console(["evaluate", "missing.pt", "--adabn-layers", "encoder.bn1"], monkeypatch, capsys)
+    assert code == 2 and "add --adabn N" in err
 
 
 def test_export_weights_refuses_to_overwrite_its_checkpoint(tmp_path, monkeypatch, capsys):

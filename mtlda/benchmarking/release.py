@@ -84,15 +84,15 @@ def step_seconds(short: float, long: float, short_iterations: int, long_iteratio
     return (long - short) / (long_iterations - short_iterations)
 
 
-def release_comparison(revision: str, workdir: Path, quick: bool, rounds: int, tree: Path | None = None
-                       ) -> dict[str, Any]:
-    """The demo step of this source tree (or ``tree``, a git checkout) against its revision ``revision``'s (see the
-    module docstring)."""
+def release_comparison(revision: str, workdir: Path, quick: bool, rounds: int, overrides: Sequence[str] = (),
+                       tree: Path | None = None) -> dict[str, Any]:
+    """The demo step of this source tree (or ``tree``, a git checkout) against its revision ``revision``'s, both with
+    the config ``overrides`` (KEY=VALUE; see the module docstring)."""
     current = source_tree(tree)
     reference = workdir / "reference"
     commit = export_revision(current, revision, reference)
     short, long = QUICK_ITERATIONS if quick else FULL_ITERATIONS
-    overrides = QUICK_OVERRIDES if quick else ()
+    overrides = [*(QUICK_OVERRIDES if quick else ()), *overrides]
     trees = {"reference": reference, "current": current}
     load_before = load_average()
     for name, tree in trees.items():

@@ -11,11 +11,12 @@ from typing import Any
 
 import torch
 
-from mtlda.adabn import recalibrate_batchnorm
+from mtlda.adabn import recalibrate_batchnorm, selected_batchnorm_layers
 from mtlda.baselines import evaluate_priors, fit_priors
 from mtlda.config import load_config
 from mtlda.data.registry import build_dataset
 from mtlda.depth_by_class import labelled_validation_split, report_depth_by_class
+from mtlda.errors import UserInputError
 from mtlda.distributed import DistInfo, init_distributed, resolve_device, shutdown_distributed
 from mtlda.files import write_text_atomic
 from mtlda.models.network import format_parameter_counts
@@ -81,21 +82,29 @@ def checkpoint_config(path: str, overrides: Sequence[str], workdir: str | Path |
 
 
 def evaluate_and_report(cfg: ExperimentConfig, checkpoint: str, depth_by_class: bool = False,
-                        adabn_images: int = 0) -> dict:
+                        adabn_images: int = 0, adabn_layers: Sequence[str] = ()) -> dict:
     """``--evaluate CKPT``: metrics of the checkpoint on the validation split, printed and stored beside the run
     as ``eval-<checkpoint name>.md/json`` (the training's own results files are left alone); with
     ``depth_by_class`` also its depth errors by ground-truth class (:mod:`mtlda.depth_by_class`). With
     ``adabn_images`` > 0 the BatchNorm statistics are first re-estimated on that many unlabelled images of the
-    evaluated data set's training split (:mod:`mtlda.adabn`); the files are then ``eval-<name>-adabn<N>.*`` and
-    the experiment is named ``<name>_adabn<N>`` in them, a row of its own in ``mtlda results``."""
+    evaluated data set's training split (:mod:`mtlda.adabn`; only those of the layers named by ``adabn_layers``, if
+    given); the files are then ``eval-<name>-adabn<N>[-<layers>].*`` and the experiment is named
+    ``<name>_adabn<N>[_<layers>]`` in them, a row of its own in ``mtlda results``."""
     engine, scenario = evaluate_checkpoint(cfg, checkpoint)
     suffix, notes = "", []
     if adabn_images:
-        data, suffix = cfg.data, f"-adabn{adabn_images}"
+        data, layers = cfg.data, "+".join(adabn_layers)
+        suffix = f"-adabn{adabn_images}" + (f"-{layers}" if layers else "")
+        try:
+            selected_batchnorm_layers(scenario.inference_model(), adabn_layers)
+        except ValueError as error:
+            raise UserInputError(f"--adabn-layers: {error}") from None
         images = build_dataset(data, data.train_split, train=False, tasks=[])  # images only, every one of them
-        used = recalibrate_batchnorm(scenario.inference_model(), images, adabn_images, data.batch_size, engine.device)
-        cfg = replace(cfg, name=f"{cfg.name}_adabn{adabn_images}")
-        notes.append(f"AdaBN: BatchNorm statistics re-estimated on the first {used} images of the "
+        used = recalibrate_batchnorm(scenario.inference_model(), images, adabn_images, data.batch_size, engine.device,
+                                     adabn_layers)
+        cfg = replace(cfg, name=f"{cfg.name}_adabn{adabn_images}" + (f"_{layers}" if layers else ""))
+        which = f"of {', '.join(adabn_layers)} " if adabn_layers else ""
+        notes.append(f"AdaBN: BatchNorm statistics {which}re-estimated on the first {used} images of the "
                      f"'{data.train_split}' split (labels unused) before evaluation")
     labelled = labelled_validation_split(scenario) if depth_by_class else None
     results = scenario.evaluate_tasks(engine)
