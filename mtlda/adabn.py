@@ -37,9 +37,10 @@ def selected_batchnorm_layers(model: nn.Module, prefixes: Sequence[str] = ()) ->
         return [m for _, m in named]
     for prefix in prefixes:
         if not any(name == prefix or name.startswith(prefix + ".") for name, _ in named):
-            examples = ", ".join(name for name, _ in named[:4])
+            examples = ", ".join(name for name, _ in named[:3])
+            parents = ", ".join(dict.fromkeys(name.split(".")[0] for name, _ in named))
             raise ValueError(f"no BatchNorm layer is named {prefix!r} or lies under it (module names such as "
-                             f"{examples}, or a parent such as encoder)")
+                             f"{examples}, or their parents: {parents})")
     return [m for name, m in named if any(name == p or name.startswith(p + ".") for p in prefixes)]
 
 

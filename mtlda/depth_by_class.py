@@ -103,6 +103,6 @@ def report_depth_by_class(scenario: DenseScenario, engine: Engine, val: Dataset,
         payload = {"checkpoint": str(checkpoint), "protocol": protocol,
                    "rows": {row: {"all": m.compute(), **{names[c]: v for c, v in m.per_class().items()}}
                             for row, m in rows.items()}}
-        write_text_atomic(stem.with_suffix(".md"), text)
-        write_text_atomic(stem.with_suffix(".json"), json.dumps(payload, indent=1) + "\n")
+        write_text_atomic(stem.with_name(stem.name + ".md"), text)  # the stem may hold dots (layer names)
+        write_text_atomic(stem.with_name(stem.name + ".json"), json.dumps(payload, indent=1) + "\n")
     return text

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
-from mtlda.adabn import batches_of_at_least_two, batchnorm_layers, recalibrate_batchnorm
-from mtlda.data.batch import Sample
+from mtlda.adabn import ADABN_SEED, batches_of_at_least_two, batchnorm_layers, recalibrate_batchnorm
+from mtlda.data.batch import Sample, collate
 
 CPU = torch.device("cpu")
 
@@ -115,3 +116,18 @@ def test_a_layer_name_that_names_no_batchnorm_is_refused_with_the_names_that_do(
     with pytest.raises(ValueError, match="no BatchNorm layer is named 'encoder.bn1'.*such as 0"):
         recalibrate_batchnorm(model, images(4, 0.0), 4, 2, CPU, layers=["encoder.bn1"])
     assert torch.equal(model[0].running_mean, torch.zeros(3))
+
+
+def test_every_layer_re_estimated_equals_torchs_update_bn():
+    def net() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Dropout(0.5), nn.Conv2d(4, 2, 1),
+                             nn.BatchNorm2d(2))
+    ours, reference = net(), net()
+    data = images(7, offset=0.5)
+    recalibrate_batchnorm(ours, data, 7, 3, CPU)
+    torch.manual_seed(ADABN_SEED)
+    loader = DataLoader(data, batch_sampler=batches_of_at_least_two(7, 3), collate_fn=collate)  # draws a seed too
+    torch.optim.swa_utils.update_bn((batch.image for batch in loader), reference)
+    for (name, a), b in zip(ours.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(a, b), name

@@ -210,20 +210,23 @@ def test_the_full_plan_times_at_least_five_rounds_of_every_comparison(device: st
 
 FAKE_DEMO = """import sys, time
 from pathlib import Path
+import tree_mark
 args = sys.argv[1:]
 settings = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
 iterations = int(next(s for s in settings if s.startswith("train.iterations=")).split("=")[1])
 workdir = Path(args[args.index("--workdir") + 1])
 workdir.mkdir(parents=True)
-(workdir / "ran").write_text("{tree} " + " ".join(settings))
+(workdir / "ran").write_text(tree_mark.NAME + " " + args[args.index("--device") + 1] + " " + " ".join(settings))
 time.sleep({seconds} * iterations)
 sys.exit({code})
 """
 
 
 def _fake_checkout(root: Path, seconds: float) -> None:
+    """A git checkout whose demo script sleeps ``seconds`` a step and records which tree's module it imported."""
     (root / "scripts").mkdir(parents=True, exist_ok=True)
-    (root / "scripts" / "supervised.py").write_text(FAKE_DEMO.format(tree="old", seconds=seconds, code=0))
+    (root / "scripts" / "supervised.py").write_text(FAKE_DEMO.format(seconds=seconds, code=0))
+    (root / "tree_mark.py").write_text("NAME = 'old'\n")
     for command in (["init", "-q"], ["add", "."],
                     ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "old demo"]):
         subprocess.run(["git", "-C", str(root), *command], check=True)
@@ -232,15 +235,16 @@ def _fake_checkout(root: Path, seconds: float) -> None:
 def test_release_comparison_runs_each_trees_own_demo_and_differences_the_runs(tmp_path: Path) -> None:
     checkout = tmp_path / "checkout"
     _fake_checkout(checkout, 0.4)
-    (checkout / "scripts" / "supervised.py").write_text(FAKE_DEMO.format(tree="new", seconds=0.2, code=0))
-    report = release.release_comparison("HEAD", tmp_path / "work", True, 2, ["train.log_every=1"], checkout)
+    (checkout / "scripts" / "supervised.py").write_text(FAKE_DEMO.format(seconds=0.2, code=0))
+    (checkout / "tree_mark.py").write_text("NAME = 'new'\n")
+    report = release.release_comparison("HEAD", tmp_path / "work", True, 2, ["train.log_every=1"], "cpu", 1, checkout)
     assert len(report["reference_commit"]) == 40 and report["iterations"] == [1, 2]
-    for name, tree_name in (("reference", "old"), ("current", "new")):
+    for name, tree_name, seconds in (("reference", "old", 0.4), ("current", "new", 0.2)):
         ran = (tmp_path / "work" / "r1" / f"{name}_2" / "ran").read_text().split()
-        assert ran[0] == tree_name and "train.iterations=2" in ran and "train.val_every=2" in ran
-        assert "data.height=32" in ran and ran[-1] == "train.log_every=1"
-        assert all(r["long_s"] > r["short_s"] for r in report["rounds"][name])
-    assert report["ms_per_step"]["reference"] > 300 and report["ratio"] < 0.9
+        assert ran[:2] == [tree_name, "cpu"] and "train.iterations=2" in ran and "train.val_every=2" in ran
+        assert "data.height=32" in ran and "train.log_every=1" in ran and "train.threads=1" in ran
+        assert all(r["short_s"] >= seconds and r["long_s"] >= 2 * seconds for r in report["rounds"][name])
+    assert report["ratio"] < 0.9
     assert len(report["round_ratios"]) == 2
 
 
@@ -251,8 +255,10 @@ def test_release_comparison_errors_name_the_revision_and_the_failed_run(tmp_path
         release.release_comparison("nope", tmp_path / "a", quick=True, rounds=1, tree=checkout)
     with pytest.raises(UserInputError, match="its git checkout"):
         release.source_tree(tmp_path)
-    (checkout / "scripts" / "supervised.py").write_text(FAKE_DEMO.format(tree="new", seconds=0.0, code=3))
-    with pytest.raises(RuntimeError, match="failed \\(exit 3"):
+    with pytest.raises(UserInputError, match="--set train.val_every=3: the release section sets"):
+        release.release_comparison("HEAD", tmp_path / "a", True, 1, ["train.val_every=3"], tree=checkout)
+    (checkout / "scripts" / "supervised.py").write_text(FAKE_DEMO.format(seconds=0.0, code=3))
+    with pytest.raises(UserInputError, match="failed \\(exit 3"):
         release.release_comparison("HEAD", tmp_path / "b", quick=True, rounds=1, tree=checkout)
     with pytest.raises(UserInputError, match="add --against REV"):
         benchmark.parse_args(["--sections", "release"])

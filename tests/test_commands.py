@@ -158,7 +158,9 @@ def test_evaluate_with_adabn_stores_a_row_of_its_own_and_leaves_the_checkpoint(t
     assert adapted["name"] == plain["name"] + "_adabn6" and adapted["key"] == plain["key"]
     assert adapted["results"] != plain["results"]  # the statistics changed the predictions
     assert "re-estimated on the first 6 images of the 'train' split" in (tmp_path / "eval-last-adabn6.md").read_text()
-    assert main(["evaluate", str(checkpoint), "--adabn", "6", "--adabn-layers", "encoder.bn1", *cut]) == 0
+    assert main(["evaluate", str(checkpoint), "--adabn", "6", "--adabn-layers", "encoder.bn1", "--depth-by-class",
+                 *cut]) == 0
+    assert (tmp_path / "eval-last-adabn6-encoder.bn1-depth-by-class.json").is_file()
     stem = json.loads((tmp_path / "eval-last-adabn6-encoder.bn1.json").read_text())
     assert stem["name"] == plain["name"] + "_adabn6_encoder.bn1" and stem["results"] not in (plain["results"],
                                                                                             adapted["results"])

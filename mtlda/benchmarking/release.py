@@ -27,6 +27,7 @@ from mtlda.errors import UserInputError
 SCRIPT = Path("scripts") / "supervised.py"
 FULL_ITERATIONS = (5, 45)
 QUICK_ITERATIONS = (1, 2)
+HARNESS_KEYS = ("train.iterations", "train.val_every", "train.checkpoint_every", "train.image_every")
 QUICK_OVERRIDES = ("data.height=32", "data.width=64", "data.toycity.height=32", "data.toycity.width=64",
                    "data.toycity.num_train=8", "data.toycity.num_val=4", "data.batch_size=2", "data.val_batch_size=4")
 
@@ -48,20 +49,24 @@ def export_revision(repo: Path, revision: str, destination: Path) -> str:
         raise UserInputError(f"--against {revision}: not a commit of {repo} (give a commit hash, tag or branch, e.g. "
                              "HEAD~10; git log lists them)")
     commit = resolved.stdout.strip()
-    archive = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", commit], capture_output=True,
-                             check=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+    archive = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", commit], capture_output=True)
+    if archive.returncode != 0:
+        raise UserInputError(f"--against {revision}: git archive failed ({archive.stderr.decode().strip()}): check "
+                             f"that {repo} is a readable git checkout")
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
         tar.extractall(destination, filter="data")
     if not (destination / SCRIPT).is_file():
-        raise UserInputError(f"--against {revision}: that revision has no {SCRIPT} to run its demo with")
+        raise UserInputError(f"--against {revision}: that revision has no {SCRIPT} to run its demo with (pick a later "
+                             "one)")
     return commit
 
 
-def timed_run(tree: Path, iterations: int, workdir: Path, overrides: Sequence[str]) -> dict[str, float]:
-    """Wall seconds and peak resident MiB of one demo training run of ``iterations`` steps from ``tree``'s code."""
-    settings = [f"train.iterations={iterations}", f"train.val_every={iterations}",
-                f"train.checkpoint_every={iterations}", f"train.image_every={iterations}", *overrides]
-    command = [sys.executable, str(SCRIPT), "--workdir", str(workdir), "--seed", "0"]
+def timed_run(tree: Path, iterations: int, workdir: Path, options: Sequence[str]) -> dict[str, float]:
+    """Wall seconds of one demo training run of ``iterations`` steps from ``tree``'s code (its own
+    ``scripts/supervised.py`` with ``options``), and the peak resident MiB of its largest process (``wait4``'s
+    ``ru_maxrss``: the demo's, or a loader worker's if larger)."""
+    settings = [f"train.iterations={iterations}", *(f"{key}={iterations}" for key in HARNESS_KEYS[1:])]
+    command = [sys.executable, str(SCRIPT), "--workdir", str(workdir), "--seed", "0", *options]
     for setting in settings:
         command += ["--set", setting]
     env = {**os.environ, "PYTHONPATH": str(tree)}
@@ -74,9 +79,11 @@ def timed_run(tree: Path, iterations: int, workdir: Path, overrides: Sequence[st
         seconds = time.perf_counter() - start
     process.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4, which also gives its peak memory
     if process.returncode != 0:
-        tail = log.read_text(errors="replace").strip().splitlines()[-5:]
-        raise RuntimeError(f"the demo run in {tree} failed (exit {process.returncode}, log {log}):\n" + "\n".join(tail))
-    return {"seconds": seconds, "peak_rss_mib": usage.ru_maxrss / 1024}
+        tail = "\n".join(log.read_text(errors="replace").strip().splitlines()[-3:])
+        raise UserInputError(f"the demo run of {tree} failed (exit {process.returncode}; log {log}): {tail}\n"
+                             "An older revision may not know an option or --set key given to both trees: drop it, or "
+                             "pick a later revision")
+    return {"seconds": seconds, "largest_process_rss_mib": usage.ru_maxrss / 1024}
 
 
 def step_seconds(short: float, long: float, short_iterations: int, long_iterations: int) -> float:
@@ -85,30 +92,41 @@ def step_seconds(short: float, long: float, short_iterations: int, long_iteratio
 
 
 def release_comparison(revision: str, workdir: Path, quick: bool, rounds: int, overrides: Sequence[str] = (),
-                       tree: Path | None = None) -> dict[str, Any]:
+                       device: str = "cpu", threads: int = 0, tree: Path | None = None) -> dict[str, Any]:
     """The demo step of this source tree (or ``tree``, a git checkout) against its revision ``revision``'s, both with
-    the config ``overrides`` (KEY=VALUE; see the module docstring)."""
+    the config ``overrides`` (KEY=VALUE), on ``device`` with ``threads`` torch threads (0: torch's default), over
+    ``rounds`` rounds (see the module docstring). Returns ``ms_per_step`` of each tree (the median over the rounds),
+    ``ratio`` (current / reference), each round's runs and ratio, and the load average before and after."""
+    harnessed = [o for o in overrides if o.split("=", 1)[0].strip() in HARNESS_KEYS]
+    if harnessed:
+        raise UserInputError(f"--set {harnessed[0]}: the release section sets {', '.join(HARNESS_KEYS)} itself (the "
+                             "short and long runs); drop it")
     current = source_tree(tree)
     reference = workdir / "reference"
     commit = export_revision(current, revision, reference)
     short, long = QUICK_ITERATIONS if quick else FULL_ITERATIONS
-    overrides = [*(QUICK_OVERRIDES if quick else ()), *overrides]
+    settings = [*(QUICK_OVERRIDES if quick else ()), *overrides, *([f"train.threads={threads}"] if threads else [])]
+    options = ["--device", device, *(x for setting in settings for x in ("--set", setting))]
     trees = {"reference": reference, "current": current}
     load_before = load_average()
-    for name, tree in trees.items():
-        timed_run(tree, 1, workdir / "warmup" / name, overrides)
+    for name, tree_path in trees.items():
+        timed_run(tree_path, 1, workdir / "warmup" / name, options)
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
     for index in range(rounds):
         order = list(trees.items()) if index % 2 == 0 else list(trees.items())[::-1]
-        for name, tree in order:
-            pair = [timed_run(tree, n, workdir / f"r{index}" / f"{name}_{n}", overrides) for n in (short, long)]
-            runs[name].append({"short_s": pair[0]["seconds"], "long_s": pair[1]["seconds"],
-                               "step_s": step_seconds(pair[0]["seconds"], pair[1]["seconds"], short, long),
-                               "peak_rss_mib": pair[1]["peak_rss_mib"]})
+        lengths = (short, long) if index % 2 == 0 else (long, short)
+        for name, tree_path in order:
+            timed = {n: timed_run(tree_path, n, workdir / f"r{index}" / f"{name}_{n}", options) for n in lengths}
+            step = step_seconds(timed[short]["seconds"], timed[long]["seconds"], short, long)
+            if step <= 0:
+                raise UserInputError(f"the {long}-step run of {name} took no longer than its {short}-step run: the "
+                                     "runs are too short for this machine's noise (run without --quick)")
+            runs[name].append({"short_s": timed[short]["seconds"], "long_s": timed[long]["seconds"], "step_s": step,
+                               "largest_process_rss_mib": timed[long]["largest_process_rss_mib"]})
     steps = {name: statistics.median(r["step_s"] for r in rs) for name, rs in runs.items()}
     ratios = [c["step_s"] / r["step_s"] for c, r in zip(runs["current"], runs["reference"])]
     return {"title": "release: the demo's training step, this tree against an earlier revision",
             "reference_revision": revision, "reference_commit": commit, "iterations": [short, long],
-            "overrides": list(overrides), "rounds": runs, "ms_per_step": {k: 1000 * v for k, v in steps.items()},
-            "ratio": steps["current"] / steps["reference"], "round_ratios": ratios,
-            "load_before": load_before, "load_after": load_average()}
+            "device": device, "threads": threads, "overrides": settings, "rounds": runs,
+            "ms_per_step": {k: 1000 * v for k, v in steps.items()}, "ratio": steps["current"] / steps["reference"],
+            "round_ratios": ratios, "load_before": load_before, "load_after": load_average()}

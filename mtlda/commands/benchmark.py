@@ -185,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "release" in args.sections:
             print(f"release: against {args.against} (load {load_average()})", file=sys.stderr)
             report["release"] = release_comparison(args.against, workdir / "release", args.quick,
-                                                   1 if args.quick else 3, args.overrides)
+                                                   1 if args.quick else 3, args.overrides, str(device), args.threads)
     report["load_after"] = load_average()
     print(f"\n{report['machine']['device_name']}, {report['machine']['cpu_count']} CPUs, "
           f"{torch.get_num_threads()} torch threads, load {report['load_before']} -> {report['load_after']}")

@@ -11,15 +11,16 @@ size, e.g. 1024x2048 for Cityscapes, to evaluate at full label resolution; predi
 split (AdaBN; labels unused): for a model trained on a source domain only, the adaptation baseline that needs no
 training. Files eval-<ckpt>-adabnN.md/json, experiment name <name>_adabnN (aggregate them over seeds with
 mtlda results --stem eval-last-adabnN RUNS); the checkpoint is not changed. --adabn-layers re-estimates only the
-named layers (module names or their parents, e.g. encoder.bn1, the stem; encoder.layer4; decoders.depth) and keeps
-the others' statistics: where in the network the target's statistics act (files eval-<ckpt>-adabnN-<layers>).
+named layers, a comma-separated list of module names or their parents (e.g. encoder.bn1, the stem;
+encoder.layer4,decoders) and keeps the others' statistics: where in the network the target's statistics act
+(files eval-<ckpt>-adabnN-<layers, sorted, joined by +>).
 
 examples:
   mtlda evaluate runs/toycity_sdn_mteb/s0/best.pt
   mtlda evaluate runs/toycity_sde_pretrain/s0/best.pt --depth-by-class
   mtlda evaluate ckpt.pt --set data.val_split=test --set data.val_height=1024 --set data.val_width=2048
   mtlda evaluate runs/uda_toycity_sd_mteb_source-only/s0/last.pt --adabn 60
-  mtlda evaluate runs/uda_toycity_sd_mteb/s0/last.pt --adabn 240 --adabn-layers encoder.bn1
+  mtlda evaluate runs/uda_toycity_sd_mteb_source-only/s0/last.pt --adabn 240 --adabn-layers encoder.bn1
 """
 
 from __future__ import annotations
@@ -42,13 +43,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="also split the depth errors by ground-truth semantic class (and the pixel prior's)")
     parser.add_argument("--adabn", type=int, default=0, metavar="N",
                         help="re-estimate the BatchNorm statistics on the first N training-split images first (AdaBN)")
-    parser.add_argument("--adabn-layers", nargs="+", default=[], metavar="NAME",
-                        help="with --adabn: re-estimate only these BatchNorm layers (module names or parents)")
+    parser.add_argument("--adabn-layers", default="", metavar="NAMES",
+                        help="with --adabn: re-estimate only these BatchNorm layers (comma-separated module names or "
+                             "parents, e.g. encoder.bn1)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     args = parser.parse_args(argv)
     if args.adabn < 0 or args.adabn == 1:
         parser.error(f"--adabn: the number of images must be >= 2 (or 0: off), got {args.adabn}")
-    if args.adabn_layers and not args.adabn:
+    layers = sorted({name.strip() for name in args.adabn_layers.split(",") if name.strip()})
+    if layers and not args.adabn:
         parser.error("--adabn-layers names the layers that --adabn N re-estimates: add --adabn N")
     overrides = list(args.overrides)
     if args.device:
@@ -58,5 +61,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_config(cfg)
         return 0
     evaluate_and_report(cfg, args.checkpoint, depth_by_class=args.depth_by_class, adabn_images=args.adabn,
-                        adabn_layers=args.adabn_layers)
+                        adabn_layers=layers)
     return 0

@@ -16,8 +16,8 @@ from mtlda.baselines import evaluate_priors, fit_priors
 from mtlda.config import load_config
 from mtlda.data.registry import build_dataset
 from mtlda.depth_by_class import labelled_validation_split, report_depth_by_class
-from mtlda.errors import UserInputError
 from mtlda.distributed import DistInfo, init_distributed, resolve_device, shutdown_distributed
+from mtlda.errors import UserInputError
 from mtlda.files import write_text_atomic
 from mtlda.models.network import format_parameter_counts
 from mtlda.references import refuse_unless_reference
