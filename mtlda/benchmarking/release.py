@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -64,7 +65,8 @@ def export_revision(repo: Path, revision: str, destination: Path) -> str:
 def timed_run(tree: Path, iterations: int, workdir: Path, options: Sequence[str]) -> dict[str, float]:
     """Wall seconds of one demo training run of ``iterations`` steps from ``tree``'s code (its own
     ``scripts/supervised.py`` with ``options``), and the peak resident MiB of its largest process (``wait4``'s
-    ``ru_maxrss``: the demo's, or a loader worker's if larger)."""
+    ``ru_maxrss``: the demo's, or a loader worker's if larger). The run folder is removed afterwards; its log
+    ``<workdir>.log`` stays."""
     settings = [f"train.iterations={iterations}", *(f"{key}={iterations}" for key in HARNESS_KEYS[1:])]
     command = [sys.executable, str(SCRIPT), "--workdir", str(workdir), "--seed", "0", *options]
     for setting in settings:
@@ -83,6 +85,7 @@ def timed_run(tree: Path, iterations: int, workdir: Path, options: Sequence[str]
         raise UserInputError(f"the demo run of {tree} failed (exit {process.returncode}; log {log}): {tail}\n"
                              "An older revision may not know an option or --set key given to both trees: drop it, or "
                              "pick a later revision")
+    shutil.rmtree(workdir)  # its checkpoints (about 1 GB for a ResNet-101) would fill the disk over the rounds
     return {"seconds": seconds, "largest_process_rss_mib": usage.ru_maxrss / 1024}
 
 
