@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from mtlda.data.batch import collate
+from mtlda.errors import UserInputError
 from mtlda.scenarios.checkpoint import isolated_rng
 
 ADABN_SEED = 0  # the dropout draws of the training-mode passes: the same statistics every time
@@ -31,17 +32,19 @@ def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 def selected_batchnorm_layers(model: nn.Module, prefixes: Sequence[str] = ()) -> list[nn.modules.batchnorm._BatchNorm]:
     """The BatchNorm layers of ``model`` whose module name is one of ``prefixes`` or lies under one (every layer if
-    ``prefixes`` is empty); a prefix that names no BatchNorm layer is an error listing a few names that do."""
+    ``prefixes`` is empty); a prefix that names no BatchNorm layer is a user error listing names that do."""
     named = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not prefixes:
-        return [m for _, m in named]
+
+    def under(name: str, prefix: str) -> bool:
+        return name == prefix or name.startswith(prefix + ".")
+
     for prefix in prefixes:
-        if not any(name == prefix or name.startswith(prefix + ".") for name, _ in named):
+        if not any(under(name, prefix) for name, _ in named):
             examples = ", ".join(name for name, _ in named[:3])
             parents = ", ".join(dict.fromkeys(name.split(".")[0] for name, _ in named))
-            raise ValueError(f"no BatchNorm layer is named {prefix!r} or lies under it (module names such as "
-                             f"{examples}, or their parents: {parents})")
-    return [m for name, m in named if any(name == p or name.startswith(p + ".") for p in prefixes)]
+            raise UserInputError(f"no BatchNorm layer is named {prefix!r} or lies under it (module names such as "
+                                 f"{examples}, or their parents: {parents})")
+    return [m for name, m in named if not prefixes or any(under(name, p) for p in prefixes)]
 
 
 def batches_of_at_least_two(count: int, batch_size: int) -> list[list[int]]:
@@ -65,10 +68,11 @@ def recalibrate_batchnorm(model: nn.Module, dataset: Dataset, num_images: int, b
     if used < 2 or batch_size < 1:
         raise ValueError(f"recalibrate_batchnorm needs num_images >= 2 images in the data set (got {num_images} of "
                          f"{len(dataset)}) and batch_size >= 1 (got {batch_size})")
-    if not batchnorm_layers(model):
+    every = batchnorm_layers(model)
+    if not every:
         raise ValueError("recalibrate_batchnorm: the model has no BatchNorm layer, nothing to re-estimate")
     selected = selected_batchnorm_layers(model, layers)
-    kept = [m for m in batchnorm_layers(model) if not any(m is s for s in selected)]
+    kept = [m for m in every if not any(m is s for s in selected)]
     loader = DataLoader(dataset, batch_sampler=batches_of_at_least_two(used, batch_size), collate_fn=collate)
     saved = [(m, {k: v.clone() for k, v in m.state_dict().items()}, m.momentum) for m in selected]
     try:

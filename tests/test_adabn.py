@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 
 from mtlda.adabn import ADABN_SEED, batches_of_at_least_two, batchnorm_layers, recalibrate_batchnorm
 from mtlda.data.batch import Sample, collate
+from mtlda.errors import UserInputError
 
 CPU = torch.device("cpu")
 
@@ -113,7 +114,7 @@ def test_only_the_named_layers_are_re_estimated_and_the_others_normalise_with_th
 
 def test_a_layer_name_that_names_no_batchnorm_is_refused_with_the_names_that_do():
     model = nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 2, 1))
-    with pytest.raises(ValueError, match="no BatchNorm layer is named 'encoder.bn1'.*such as 0"):
+    with pytest.raises(UserInputError, match="no BatchNorm layer is named 'encoder.bn1'.*such as 0"):
         recalibrate_batchnorm(model, images(4, 0.0), 4, 2, CPU, layers=["encoder.bn1"])
     assert torch.equal(model[0].running_mean, torch.zeros(3))
 

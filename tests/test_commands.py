@@ -165,7 +165,7 @@ def test_evaluate_with_adabn_stores_a_row_of_its_own_and_leaves_the_checkpoint(t
     assert stem["name"] == plain["name"] + "_adabn6_encoder.bn1" and stem["results"] not in (plain["results"],
                                                                                             adapted["results"])
     assert "of encoder.bn1 re-estimated" in (tmp_path / "eval-last-adabn6-encoder.bn1.md").read_text()
-    with pytest.raises(UserInputError, match="--adabn-layers: no BatchNorm layer is named 'encoder.nope'"):
+    with pytest.raises(UserInputError, match="no BatchNorm layer is named 'encoder.nope'"):
         main(["evaluate", str(checkpoint), "--adabn", "6", "--adabn-layers", "encoder.nope", *cut])
     assert checkpoint.read_bytes() == stored
 

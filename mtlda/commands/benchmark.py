@@ -68,6 +68,7 @@ from mtlda.benchmarking.measure import MemoryProbe, environment_variable, load_a
 from mtlda.benchmarking.plan import QUICK_SIZE, plan
 from mtlda.benchmarking.release import release_comparison
 from mtlda.errors import UserInputError
+from mtlda.scenarios.checkpoint import source_commit
 from mtlda.files import write_text_atomic
 
 SECTIONS = ("options", "paper", "weighting", "xtam", "scenarios", "data", "release")
@@ -160,7 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     probe = MemoryProbe(device)
-    report: dict[str, Any] = {"command": " ".join(["mtlda benchmark", *argv]), "machine": machine_info(device),
+    report: dict[str, Any] = {"command": " ".join(["mtlda benchmark", *argv]), "source_commit": source_commit(),
+                              "machine": machine_info(device),
                               "load_before": load_average(), "quick": args.quick, "sections": args.sections,
                               "memory": "cuda max_memory_allocated" if device.type == "cuda" else
                               "state tensors + step peak of allocated tensors (torch.profiler memory events); "
@@ -192,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(markdown_table(report["comparisons"]))
     if "release" in report:
         release = report["release"]
-        print(f"\ndemo step: {release['ms_per_step']['current']:,.0f} ms here, "
+        print(f"\ntraining step: {release['ms_per_step']['current']:,.0f} ms here, "
               f"{release['ms_per_step']['reference']:,.0f} ms at {args.against}: ratio {release['ratio']:.2f}")
     write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {args.out}")

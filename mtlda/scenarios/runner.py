@@ -11,13 +11,12 @@ from typing import Any
 
 import torch
 
-from mtlda.adabn import recalibrate_batchnorm, selected_batchnorm_layers
+from mtlda.adabn import recalibrate_batchnorm
 from mtlda.baselines import evaluate_priors, fit_priors
 from mtlda.config import load_config
 from mtlda.data.registry import build_dataset
 from mtlda.depth_by_class import labelled_validation_split, report_depth_by_class
 from mtlda.distributed import DistInfo, init_distributed, resolve_device, shutdown_distributed
-from mtlda.errors import UserInputError
 from mtlda.files import write_text_atomic
 from mtlda.models.network import format_parameter_counts
 from mtlda.references import refuse_unless_reference
@@ -95,10 +94,6 @@ def evaluate_and_report(cfg: ExperimentConfig, checkpoint: str, depth_by_class: 
     if adabn_images:
         data, layers = cfg.data, "+".join(adabn_layers)
         suffix = f"-adabn{adabn_images}" + (f"-{layers}" if layers else "")
-        try:
-            selected_batchnorm_layers(scenario.inference_model(), adabn_layers)
-        except ValueError as error:
-            raise UserInputError(f"--adabn-layers: {error}") from None
         images = build_dataset(data, data.train_split, train=False, tasks=[])  # images only, every one of them
         used = recalibrate_batchnorm(scenario.inference_model(), images, adabn_images, data.batch_size, engine.device,
                                      adabn_layers)
